@@ -1,0 +1,236 @@
+"""The one settings schema for every Doorway process.
+
+Loaded once at start from a TOML file (default ``/etc/doorway/doorway.toml``) with environment overrides
+(``DOORWAY_<SECTION>__<KEY>``, for example ``DOORWAY_VIDEO__BITRATE_KBPS=8000``), validated strictly, and
+passed down as plain values. Like Klipper, an option nobody reads is treated as a typo: unknown keys are
+errors. Every number has bounds; every field's docstring gives its unit and default.
+
+This module must stay light: the admin process imports it without importing av, numpy or sounddevice.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("/etc/doorway/doorway.toml")
+ENV_PREFIX = "DOORWAY_"
+
+
+class SettingsError(Exception):
+    """A settings file or override is wrong. The message is one line per problem, ready to print."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class EngineSettings(_Section):
+    """The engine process as a whole."""
+
+    name: str = Field("doorway", min_length=1, max_length=64)
+    """Human-readable name of this doorway, shown to its twin. Default "doorway"."""
+    control_socket: Path = Path("/run/doorway/engine.sock")
+    """Unix socket of the engine's JSON control API (see app/CONTROL.md). Default /run/doorway/engine.sock."""
+    state_dir: Path = Path("/var/lib/doorway")
+    """Directory for durable state (keys, pairing, calibration). Default /var/lib/doorway."""
+    stats_interval_s: float = Field(1.0, ge=0.1, le=60.0)
+    """How often the engine refreshes its statistics snapshot, in seconds. Default 1.0."""
+
+
+class CaptureSettings(_Section):
+    """Where frames come from."""
+
+    backend: Literal["synthetic", "v4l2", "file"] = "synthetic"
+    """Capture backend: "synthetic" (computed scene), "v4l2" (USB camera) or "file" (looped video)."""
+    device: str = "/dev/video0"
+    """v4l2: the camera, as /dev/videoN or a /dev/v4l/by-id/... path. Default /dev/video0."""
+    input_format: Literal["auto", "mjpeg", "yuyv422", "nv12"] = "auto"
+    """v4l2: the pixel format asked of the camera. "auto" prefers MJPEG above 720p, raw below."""
+    file: Path | None = None
+    """file: the video file to loop. No default; required when backend is "file"."""
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    """synthetic: seed of the scene's static texture. Default 0."""
+    reopen_interval_s: float = Field(2.0, ge=0.1, le=60.0)
+    """How often a lost camera is retried when no hot-plug event arrives, in seconds. Default 2.0."""
+
+
+class VideoSettings(_Section):
+    """Picture size, rate and encoder."""
+
+    width: int = Field(1920, ge=160, le=7680, multiple_of=2)
+    """Frame width in pixels, even. Default 1920."""
+    height: int = Field(1080, ge=120, le=4320, multiple_of=2)
+    """Frame height in pixels, even. Default 1080."""
+    fps: int = Field(60, ge=1, le=240)
+    """Frames per second captured and sent. Default 60."""
+    bitrate_kbps: int = Field(12000, ge=100, le=200000)
+    """Encoder target bitrate in kilobits per second; changeable at run time. Default 12000."""
+    encoder: Literal["auto", "x264", "nvenc-h264", "nvenc-hevc", "v4l2m2m"] = "auto"
+    """Encoder: "auto" tries NVENC, then v4l2m2m, then x264, and logs which was chosen and why."""
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = "superfast"
+    """libx264 speed preset (always with tune=zerolatency). Default "superfast"."""
+    keyframe_interval_s: float = Field(0.0, ge=0.0, le=3600.0)
+    """Seconds between periodic keyframes; 0 means only on request (the receiver asks). Default 0."""
+    intra_refresh: bool = False
+    """Spread intra coding over frames (periodic intra refresh) instead of whole keyframes. Default off."""
+    decoder_threads: int = Field(2, ge=1, le=16)
+    """Slice threads for the H.264 decoder. Default 2."""
+
+
+class NetworkSettings(_Section):
+    """The UDP link to the twin."""
+
+    listen_host: str = "0.0.0.0"
+    """Address the media socket binds to. Default 0.0.0.0."""
+    listen_port: int = Field(47000, ge=1, le=65535)
+    """UDP port the media socket binds to. Default 47000."""
+    peer_host: str = "127.0.0.1"
+    """Address of the twin's media socket. Default 127.0.0.1."""
+    peer_port: int = Field(47001, ge=1, le=65535)
+    """UDP port of the twin's media socket. Default 47001."""
+    mtu_payload: int = Field(1200, ge=256, le=8900)
+    """Largest media payload per datagram in bytes, excluding our header. Default 1200."""
+    pacing_factor: float = Field(8.0, ge=1.0, le=100.0)
+    """Pacing rate as a multiple of the encoder bitrate. Default 8.0."""
+    pacing_burst_bytes: int = Field(16000, ge=1500, le=1_000_000)
+    """Bytes that may leave back to back before pacing applies (token bucket depth). Default 16000."""
+    keepalive_interval_ms: int = Field(250, ge=10, le=10000)
+    """Keepalive (and RTT probe) interval in milliseconds. Default 250."""
+    report_interval_ms: int = Field(200, ge=10, le=10000)
+    """Receiver report interval in milliseconds. Default 200."""
+    keyframe_request_interval_ms: int = Field(200, ge=10, le=10000)
+    """Minimum time between two keyframe requests, in milliseconds. Default 200."""
+    frame_deadline_ms: int = Field(100, ge=5, le=5000)
+    """A frame not complete this long after its first fragment arrived is given up, in ms. Default 100."""
+    socket_buffer_bytes: int = Field(4 * 1024 * 1024, ge=65536, le=256 * 1024 * 1024)
+    """Requested SO_RCVBUF/SO_SNDBUF in bytes. Default 4 MiB."""
+
+
+class DisplaySettings(_Section):
+    """Where received frames go."""
+
+    backend: Literal["null", "sdl"] = "null"
+    """Display sink: "null" (records timing only) or "sdl" (full-screen SDL2). Default "null"."""
+    sdl_driver: str = ""
+    """SDL video driver, e.g. "kmsdrm" on the appliance, "x11" on a desktop; empty lets SDL choose."""
+    fullscreen: bool = True
+    """sdl: full screen (the appliance) or a window (the demo). Default true."""
+    window_title: str = "Doorway"
+    """sdl: window title when not full screen. Default "Doorway"."""
+
+
+class LoggingSettings(_Section):
+    """Logging to stderr (journald adds time and unit)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level. "debug" turns on per-frame logging. Default "info"."""
+
+
+class Settings(BaseSettings):
+    """All of a doorway's settings. Build with :func:`load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        validate_default=True,
+    )
+
+    engine: EngineSettings = EngineSettings()
+    capture: CaptureSettings = CaptureSettings()
+    video: VideoSettings = VideoSettings()
+    network: NetworkSettings = NetworkSettings()
+    display: DisplaySettings = DisplaySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is passed as init values; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def _field_range(loc: tuple[Any, ...]) -> str | None:
+    """The allowed range of the numeric field at ``loc`` (e.g. "1 to 240"), from the schema's bounds."""
+    model: Any = Settings
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    if info is None:
+        return None
+    low = high = None
+    for m in info.metadata:
+        low = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else low
+        low = getattr(m, "gt", None) if getattr(m, "gt", None) is not None else low
+        high = getattr(m, "le", None) if getattr(m, "le", None) is not None else high
+        high = getattr(m, "lt", None) if getattr(m, "lt", None) is not None else high
+    if low is None and high is None:
+        return None
+    return f"{low if low is not None else '-inf'} to {high if high is not None else 'inf'}"
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    """One line naming the source, the dotted key and what is allowed."""
+    key = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than_equal": "<=",
+        "less_than": "<",
+    }
+    if kind in bounds:
+        allowed = _field_range(tuple(err["loc"])) or f"{bounds[kind]} {next(iter(ctx.values()))}"
+        return f"{source}: {key} = {value!r} is out of range (allowed: {allowed})"
+    if kind == "literal_error":
+        return f"{source}: {key} = {value!r} is not allowed (allowed: {ctx.get('expected')})"
+    return f"{source}: {key} = {value!r}: {err['msg']}"
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read, merge and validate settings.
+
+    ``path`` None means the default file, which may be absent (all defaults apply); a path given explicitly
+    must exist. Environment overrides come from ``os.environ``. Raises :class:`SettingsError` naming the file and
+    every bad key.
+    """
+    explicit = path is not None
+    path = path if path is not None else DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    elif explicit:
+        raise SettingsError(f"{path}: no such settings file")
+
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        has_env = any(k.startswith(ENV_PREFIX) for k in os.environ)
+        source = f"{path}" + (" (with DOORWAY_* environment overrides)" if has_env else "")
+        raise SettingsError("\n".join(_describe(dict(e), source) for e in exc.errors())) from None
