@@ -39,6 +39,9 @@ class EngineSettings(_Section):
     """Unix socket of the engine's JSON control API (see app/CONTROL.md). Default /run/doorway/engine.sock."""
     state_dir: Path = Path("/var/lib/doorway")
     """Directory for durable state (keys, pairing, calibration). Default /var/lib/doorway."""
+    role: Literal["duplex", "send", "receive"] = "duplex"
+    """What this doorway does: "duplex" (send the camera and show the peer, the normal case), or only "send"
+    or only "receive" (benchmarks and diagnostics). Default "duplex"."""
     stats_interval_s: float = Field(1.0, ge=0.1, le=60.0)
     """How often the engine refreshes its statistics snapshot, in seconds. Default 1.0."""
 

@@ -1,0 +1,145 @@
+"""The ``doorway`` command: one console script, one subcommand per process or tool.
+
+``doorway engine`` runs one doorway (the systemd service), ``doorway demo`` two of them on this machine,
+``doorway bench video`` the latency benchmark, ``doorway status`` asks a running engine, and
+``doorway check-config`` validates a settings file. Settings errors are printed as one line per problem and
+the process exits with status 2 before starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from app.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
+
+log = logging.getLogger("app.cli")
+
+EXIT_CONFIG = 2
+
+
+def _load(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except SettingsError as exc:
+        print(f"doorway: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    # Settings first: a bad file must fail before anything heavy is imported or started.
+    settings = _load(args.config)
+    from app.engine.engine import Engine
+    from app.engine.link import LinkError
+    from app.logs import setup_logging, stop_logging
+    from app.video.capture.base import CaptureError
+    from app.video.encoder import EncoderError
+
+    setup_logging(args.log_level or settings.logging.level)
+    recorder = None
+    if args.bench_record is not None:
+        from app.bench.recorder import StampRecorder
+
+        recorder = StampRecorder(seed=settings.capture.seed)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        engine = Engine(settings, sink_hook=recorder)
+    except (LinkError, CaptureError, EncoderError) as exc:
+        log.error("cannot start: %s", exc)
+        stop_logging()
+        return 1
+    if recorder is not None and engine.send is not None:
+        engine.send.sent_log = recorder.sent_captured_ns
+    engine.start(control=not args.no_control)
+    status = engine.wait(stop, args.run_seconds)
+    if recorder is not None:
+        recorder.dump(args.bench_record, engine.stats())
+    stop_logging()
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from app.control import ControlClientError, request
+
+    path = args.socket or _load(args.config).engine.control_socket
+    try:
+        resp = request(path, "stats" if args.stats else "status")
+    except ControlClientError as exc:
+        print(f"doorway: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(resp, indent=2))
+    return 0 if resp.get("ok") else 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench_video(args: argparse.Namespace) -> int:
+    from app.bench.video import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="doorway", description="Doorway: a low-latency video link between rooms.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("engine", help="run one doorway's media engine (the service)")
+    e.add_argument("--config", type=Path, default=None, help=f"settings file (default {DEFAULT_CONFIG_PATH})")
+    e.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    e.add_argument("--run-seconds", type=float, default=None, help="stop by itself after this many seconds")
+    e.add_argument("--no-control", action="store_true", help="do not open the control socket")
+    e.add_argument("--bench-record", type=Path, default=None, help=argparse.SUPPRESS)
+    e.set_defaults(func=cmd_engine)
+
+    s = sub.add_parser("status", help="ask a running engine for its status (or --stats)")
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--socket", type=Path, default=None, help="control socket path (overrides the settings)")
+    s.add_argument("--stats", action="store_true", help="full statistics instead of the summary")
+    s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("check-config", help="validate a settings file and print the effective settings")
+    c.add_argument("--config", type=Path, default=None)
+    c.set_defaults(func=cmd_check_config)
+
+    from app.demo import add_demo_arguments
+
+    d = sub.add_parser("demo", help="two doorways on this machine in a call, with live statistics")
+    add_demo_arguments(d)
+    d.set_defaults(func=cmd_demo)
+
+    from app.bench.video import add_bench_video_arguments
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bv = bsub.add_parser("video", help="video latency benchmark (doorway, optionally against aiortc)")
+    add_bench_video_arguments(bv)
+    bv.set_defaults(func=cmd_bench_video)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: Any = args.func(args)
+    return int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

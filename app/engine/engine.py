@@ -1,0 +1,265 @@
+"""One doorway's media engine: the stages wired together, supervised, and exposed on the control socket.
+
+Start order is downstream-first (display, decode, network, then send, encode, capture) so no stage produces
+into a consumer that is not running yet; stop order is the reverse. Any stage failing with a bug stops the
+whole engine, and ``run`` returns a non-zero exit status so systemd restarts the service (tonari's actor
+system shuts everything down on any actor error; our units use ``Restart=always``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from app.control import CommandError, ControlServer
+from app.engine.link import UdpLink
+from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
+from app.engine.sender import CaptureStage, EncodeStage, SendStage
+from app.engine.stage import Inbox, Stage
+from app.net.fragment import AssembledFrame
+from app.settings import Settings
+from app.video.capture import create_capture
+from app.video.capture.resilient import ResilientCapture
+from app.video.decoder import VideoDecoder
+from app.video.display import create_display
+from app.video.display.base import DisplaySink
+from app.video.encoder import open_encoder
+from app.video.frames import CapturedFrame, DecodedFrame, EncodedFrame
+from app.hotplug import create_monitor
+
+log = logging.getLogger(__name__)
+
+# Inbox sizes: a couple of frames at most anywhere, so a slow stage sheds load instead of adding latency.
+CAPTURE_TO_ENCODE = 1
+ENCODE_TO_SEND = 4
+NETWORK_TO_DECODE = 8
+
+
+class Engine:
+    """Builds and runs one doorway from its settings.
+
+    ``sink_hook`` (optional) is called on the display thread with every picture the null sink shows; the
+    benchmark uses it to read the stamps.
+    """
+
+    def __init__(
+        self, settings: Settings, *, sink_hook: Callable[[DecodedFrame], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self._failed = threading.Event()
+        self._stopped = threading.Event()
+        self.failure: str | None = None
+        self.started_ns = time.monotonic_ns()
+        seq = itertools.count()
+        self.next_seq: Callable[[], int] = lambda: next(seq) & 0xFFFFFFFF
+        net = settings.network
+        self.link = UdpLink(net.listen_host, net.listen_port, net.peer_host, net.peer_port,
+                            net.socket_buffer_bytes)
+        role = settings.engine.role
+        self.sending = role in ("duplex", "send")
+        self.receiving = role in ("duplex", "receive")
+        self.stages: list[Stage] = []  # in start order
+        self.display: DisplayStage | None = None
+        self.decode: DecodeStage | None = None
+        self.encode: EncodeStage | None = None
+        self.send: SendStage | None = None
+        self.capture: CaptureStage | None = None
+        self.sink: DisplaySink | None = None
+        video = settings.video
+
+        decode_in: Inbox[AssembledFrame] | None = None
+        if self.receiving:
+            self.sink = create_display(settings.display, video.width, video.height, on_frame=sink_hook)
+            display_in: Inbox[DecodedFrame] = Inbox(1, latest_wins=True)
+            self.display = DisplayStage(self.sink, display_in, self._stage_failed)
+            decode_in = Inbox(NETWORK_TO_DECODE)
+        self.network = NetworkStage(
+            self.link,
+            decode_in,
+            self.next_seq,
+            frame_deadline_ms=net.frame_deadline_ms,
+            report_interval_ms=net.report_interval_ms,
+            keepalive_interval_ms=net.keepalive_interval_ms,
+            keyframe_request_interval_ms=net.keyframe_request_interval_ms,
+            on_keyframe_request=self._peer_wants_keyframe,
+            on_error=self._stage_failed,
+        )
+        if self.receiving and self.display is not None and decode_in is not None:
+            decoder = VideoDecoder("h264", threads=video.decoder_threads)
+            self.decode = DecodeStage(
+                decoder, decode_in, self.display.inbox, self.network.keyframe_wanted, self._stage_failed
+            )
+            self.stages += [self.display, self.decode]
+        self.stages.append(self.network)
+        if self.sending:
+            send_in: Inbox[EncodedFrame] = Inbox(ENCODE_TO_SEND)
+            self.send = SendStage(
+                self.link,
+                send_in,
+                self.next_seq,
+                net.mtu_payload,
+                video.bitrate_kbps,
+                net.pacing_factor,
+                net.pacing_burst_bytes,
+                self._stage_failed,
+            )
+            encode_in: Inbox[CapturedFrame] = Inbox(CAPTURE_TO_ENCODE)
+            self.encode = EncodeStage(
+                open_encoder(video), encode_in, send_in, net.keyframe_request_interval_ms, self._stage_failed
+            )
+            self.capture = CaptureStage(self._make_capture(), encode_in, self._stage_failed)
+            self.stages += [self.send, self.encode, self.capture]
+        self.control: ControlServer | None = None
+        self._proc = psutil.Process(os.getpid())
+        self._proc.cpu_percent()
+
+    def _make_capture(self) -> ResilientCapture:
+        cap, video = self.settings.capture, self.settings.video
+        source = create_capture(cap, video)
+        label = {"v4l2": cap.device, "file": str(cap.file)}.get(cap.backend, cap.backend)
+        monitor = create_monitor("udev") if cap.backend == "v4l2" else None
+        return ResilientCapture(
+            source,
+            width=video.width,
+            height=video.height,
+            fps=video.fps,
+            device_label=label,
+            monitor=monitor,
+            reopen_interval_s=cap.reopen_interval_s,
+        )
+
+    # -- supervision -------------------------------------------------------------------------------------
+
+    def _stage_failed(self, name: str, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = f"{name}: {type(exc).__name__}: {exc}"
+        self._failed.set()
+
+    def _peer_wants_keyframe(self) -> None:
+        if self.encode is not None:
+            self.encode.request_keyframe()
+
+    def start(self, *, control: bool = True) -> None:
+        """Start every stage (downstream first) and the control socket. Returns at once."""
+        for stage in self.stages:
+            stage.start()
+        if control:
+            self.control = ControlServer(self.settings.engine.control_socket, self._commands())
+            self.control.start()
+        log.info(
+            "engine %r started: role %s, udp %s:%d -> %s:%d, %dx%d@%d",
+            self.settings.engine.name,
+            self.settings.engine.role,
+            self.link.local[0],
+            self.link.local[1],
+            self.link.peer[0],
+            self.link.peer[1],
+            self.settings.video.width,
+            self.settings.video.height,
+            self.settings.video.fps,
+        )
+
+    def stop(self) -> None:
+        """Stop every stage in reverse start order and close the socket (idempotent, any thread)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.control is not None:
+            self.control.close()
+        for stage in reversed(self.stages):
+            stage.stop()
+            if not stage.join(5.0):
+                log.error("%s: did not stop within 5 s", stage.name)
+        self.link.close()
+
+    def wait(self, stop_event: threading.Event, timeout_s: float | None = None) -> int:
+        """Block until ``stop_event`` is set, a stage fails or ``timeout_s`` passes; then stop.
+
+        Returns the process exit status: 0 for a requested stop, 1 after a stage failure.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not stop_event.is_set() and not self._failed.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop_event.wait(0.1)
+        self.stop()
+        if self._failed.is_set():
+            log.error("engine stopped because a stage failed: %s", self.failure)
+            return 1
+        return 0
+
+    # -- control socket ----------------------------------------------------------------------------------
+
+    def _commands(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {
+            "status": lambda args: self.status(),
+            "stats": lambda args: self.stats(),
+            "set_bitrate": self._cmd_set_bitrate,
+            "keyframe": self._cmd_keyframe,
+        }
+
+    def _cmd_set_bitrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        kbps = args.get("kbps")
+        if not isinstance(kbps, int) or isinstance(kbps, bool) or not 100 <= kbps <= 200_000:
+            raise CommandError('"kbps" must be an integer from 100 to 200000')
+        if self.encode is None or self.send is None:
+            raise CommandError("this engine does not send video")
+        self.encode.set_bitrate(kbps)
+        self.send.set_bitrate(kbps)
+        return {"kbps": kbps}
+
+    def _cmd_keyframe(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.encode is None:
+            raise CommandError("this engine does not send video")
+        return {"accepted": self.encode.request_keyframe()}
+
+    def status(self) -> dict[str, Any]:
+        """Small, cheap state summary (any thread)."""
+        now = time.monotonic_ns()
+        last = self.network.last_peer_packet_ns
+        peer_up = last != 0 and now - last < 2_000_000_000
+        return {
+            "name": self.settings.engine.name,
+            "role": self.settings.engine.role,
+            "uptime_s": round((now - self.started_ns) / 1e9, 1),
+            "peer": f"{self.link.peer[0]}:{self.link.peer[1]}",
+            "peer_connected": peer_up,
+            "encoder": None if self.encode is None else self.encode.encoder.name,
+            "camera_available": None
+            if self.capture is None
+            else not getattr(self.capture.source, "showing_slate", False),
+            "video": {
+                "width": self.settings.video.width,
+                "height": self.settings.video.height,
+                "fps": self.settings.video.fps,
+            },
+            "failure": self.failure,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Every stage's counters and latency histograms (any thread)."""
+        mem = self._proc.memory_info().rss / 2**20
+        out: dict[str, Any] = {
+            "status": self.status(),
+            "process": {"cpu_percent": self._proc.cpu_percent(), "rss_mb": round(mem, 1)},
+            "network": self.network.stats(),
+        }
+        if self.capture is not None:
+            out["capture"] = self.capture.stats()
+            out["capture"].update(getattr(self.capture.source, "counters", {}))
+        if self.encode is not None:
+            out["encode"] = self.encode.stats()
+        if self.send is not None:
+            out["send"] = self.send.stats()
+        if self.decode is not None:
+            out["decode"] = self.decode.stats()
+        if self.display is not None:
+            out["display"] = self.display.stats()
+        return out

@@ -1,0 +1,334 @@
+"""The receiving half of a doorway: UDP → assemble → jitter buffer → decode → display.
+
+- ``NetworkStage`` owns the socket's receive side (network thread). It drops and counts anything that is not
+  a well-formed packet from the twin, assembles fragments into frames, passes complete frames through the
+  jitter buffer, and runs the link's timers: receiver reports, keepalives (RTT), keyframe requests, and
+  giving up on frames past their deadline. Control packets for our own sending half (keyframe requests from
+  the twin, its reports) are handed to callbacks.
+- ``DecodeStage`` decodes every frame it is given (the reference chain needs all of them) but passes only
+  the newest picture on: when it falls behind it catches up without showing stale pictures. It checks the
+  chain itself — a P frame whose predecessor it did not decode is never decoded, so a corrupt picture is
+  never shown — and asks for a keyframe when the chain breaks.
+- ``DisplayStage`` shows pictures on the sink; its inbox holds one picture and a newer one replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.engine.link import UdpLink
+from app.engine.metrics import Histogram
+from app.engine.stage import Inbox, Stage
+from app.net.fragment import AssembledFrame, Assembler
+from app.net.jitter import JitterBuffer
+from app.net.protocol import (
+    Keepalive,
+    KeepaliveAck,
+    KeyframeRequest,
+    MediaPacket,
+    ProtocolError,
+    ReceiverReport,
+    parse_packet,
+)
+from app.net.reports import ReceiveStatistics, RttEstimator
+from app.video.decoder import DecodeError, VideoDecoder
+from app.video.display.base import DisplaySink
+from app.video.frames import DecodedFrame, FrameTimes
+
+log = logging.getLogger(__name__)
+
+VIDEO_STREAM = 0
+
+
+class NetworkStage(Stage):
+    """Receives and dispatches datagrams, and runs the link timers (network thread)."""
+
+    def __init__(
+        self,
+        link: UdpLink,
+        out: Inbox[AssembledFrame] | None,
+        next_seq: Callable[[], int],
+        *,
+        frame_deadline_ms: int,
+        report_interval_ms: int,
+        keepalive_interval_ms: int,
+        keyframe_request_interval_ms: int,
+        on_keyframe_request: Callable[[], None],
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        super().__init__("network", on_error)
+        self.link = link
+        self.out = out
+        self.next_seq = next_seq
+        self.on_keyframe_request = on_keyframe_request
+        self.deadline_ns = frame_deadline_ms * 1_000_000
+        self.report_ns = report_interval_ms * 1_000_000
+        self.keepalive_ns = keepalive_interval_ms * 1_000_000
+        self.kf_interval_ns = keyframe_request_interval_ms * 1_000_000
+        self.assembler = Assembler()
+        self.jitter = JitterBuffer(gap_timeout_ns=self.deadline_ns)
+        self.rx_stats = ReceiveStatistics()
+        self.rtt = RttEstimator()
+        self.keyframe_wanted = threading.Event()
+        self._next_report = 0
+        self._next_keepalive = 0
+        self._next_expire = 0
+        self._last_kf_request = 0
+        self._kf_request_id = 0
+        self.counters: dict[str, int] = {
+            "datagrams": 0,
+            "bytes": 0,
+            "malformed": 0,
+            "strangers": 0,
+            "replays": 0,
+            "media_packets": 0,
+            "frames_complete": 0,
+            "frames_to_decoder": 0,
+            "frames_expired": 0,
+            "keyframe_requests_sent": 0,
+            "keyframe_requests_received": 0,
+            "keepalives_received": 0,
+            "reports_received": 0,
+        }
+        self.peer_report: ReceiverReport | None = None
+        self.last_peer_packet_ns = 0
+        self.assembly_ms = Histogram()
+        self.transit_ms = Histogram()
+
+    def run_once(self) -> None:
+        got = self.link.recv(0.005)
+        now = time.monotonic_ns()
+        if got is not None:
+            self._on_datagram(got[0], got[1], now)
+        self._timers(now)
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], now: int) -> None:
+        c = self.counters
+        c["datagrams"] += 1
+        c["bytes"] += len(data)
+        if not self.link.is_peer(addr):
+            # One comparison, no parsing, no reply: a stranger's packet costs almost nothing.
+            c["strangers"] += 1
+            return
+        try:
+            pkt = parse_packet(data)
+        except ProtocolError as exc:
+            c["malformed"] += 1
+            if c["malformed"] == 1 or log.isEnabledFor(logging.DEBUG):
+                log.warning("network: dropping malformed datagram from %s:%d: %s", addr[0], addr[1], exc)
+            return
+        if not self.rx_stats.on_packet(pkt.seq, now, getattr(pkt, "capture_us", now // 1000), len(data)):
+            c["replays"] += 1
+            return
+        self.last_peer_packet_ns = now
+        if isinstance(pkt, MediaPacket):
+            c["media_packets"] += 1
+            self._on_media(pkt, now)
+        elif isinstance(pkt, KeyframeRequest):
+            c["keyframe_requests_received"] += 1
+            self.on_keyframe_request()
+        elif isinstance(pkt, Keepalive):
+            c["keepalives_received"] += 1
+            hold_us = (time.monotonic_ns() - now) // 1000
+            self.link.send(bytes(KeepaliveAck(seq=self.next_seq(), echo_us=pkt.sent_us, hold_us=hold_us)))
+        elif isinstance(pkt, KeepaliveAck):
+            self.rtt.on_ack(now // 1000, pkt.echo_us, pkt.hold_us)
+        elif isinstance(pkt, ReceiverReport):
+            c["reports_received"] += 1
+            self.peer_report = pkt
+
+    def _on_media(self, pkt: MediaPacket, now: int) -> None:
+        if self.out is None or pkt.stream_id != VIDEO_STREAM:
+            return
+        frame = self.assembler.push(pkt, now)
+        if frame is None:
+            return
+        self.counters["frames_complete"] += 1
+        self.assembly_ms.record((frame.completed_ns - frame.first_arrival_ns) / 1e6)
+        # Only meaningful when both ends share CLOCK_MONOTONIC (one host: the demo and the benchmark).
+        self.transit_ms.record(now / 1e6 - frame.capture_us / 1e3)
+        self._deliver(self.jitter.push(frame, now))
+
+    def _deliver(self, frames: list[AssembledFrame]) -> None:
+        if self.out is None:
+            return
+        for f in frames:
+            self.counters["frames_to_decoder"] += 1
+            self.out.put(f)
+
+    def _timers(self, now: int) -> None:
+        if now >= self._next_expire:
+            self._next_expire = now + 2_000_000
+            for frame_id in self.assembler.expire(now, self.deadline_ns):
+                self.counters["frames_expired"] += 1
+                self.jitter.mark_lost(frame_id)
+            self._deliver(self.jitter.poll(now))
+            if self.jitter.keyframe_needed:
+                self.jitter.clear_keyframe_needed()
+                self.keyframe_wanted.set()
+        if self.keyframe_wanted.is_set() and now - self._last_kf_request >= self.kf_interval_ns:
+            # Repeated every interval until the decoder sees a keyframe and clears the flag.
+            self._last_kf_request = now
+            self._kf_request_id += 1
+            self.counters["keyframe_requests_sent"] += 1
+            req = KeyframeRequest(seq=self.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id)
+            self.link.send(bytes(req))
+            log.info("network: asked the twin for a keyframe (#%d)", self._kf_request_id)
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + self.keepalive_ns
+            self.link.send(bytes(Keepalive(seq=self.next_seq(), sent_us=now // 1000)))
+        if now >= self._next_report and self.out is not None:
+            self._next_report = now + self.report_ns
+            report = self.rx_stats.make_report(
+                seq=self.next_seq(),
+                stream_id=VIDEO_STREAM,
+                frames_received=self.counters["frames_complete"],
+                frames_lost=self.counters["frames_expired"],
+            )
+            self.link.send(bytes(report))
+
+    def stats(self) -> dict[str, Any]:
+        peer = self.peer_report
+        return {
+            **self.counters,
+            "assembler": self.assembler.counters_dict(),
+            "jitter": self.jitter.counters_dict(),
+            "rtt_ms": None if self.rtt.srtt_us is None else round(self.rtt.srtt_us / 1000, 2),
+            "jitter_ms": round(self.rx_stats.jitter_us / 1000, 2),
+            "loss_percent": round(self.rx_stats.loss_fraction * 100, 2),
+            "peer_sees_loss_percent": None if peer is None else round(peer.fraction_lost / 2.56, 1),
+            "assembly_ms": self.assembly_ms.snapshot(),
+            "capture_to_complete_ms": self.transit_ms.snapshot(),
+        }
+
+
+class DecodeStage(Stage):
+    """Decodes frames in chain order and offers the newest picture to display (decode thread)."""
+
+    def __init__(
+        self,
+        decoder: VideoDecoder,
+        inbox: Inbox[AssembledFrame],
+        out: Inbox[DecodedFrame],
+        keyframe_wanted: threading.Event,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        super().__init__("decode", on_error)
+        self.decoder = decoder
+        self.inbox = inbox
+        self.out = out
+        # Shared with the network stage, which repeats keyframe requests while it is set.
+        self.keyframe_wanted = keyframe_wanted
+        self._last_id: int | None = None
+        self.waiting_for_keyframe = True
+        self.frames = 0
+        self.decode_errors = 0
+        self.skipped_broken_chain = 0
+        self.not_shown_behind = 0
+        self.decode_ms = Histogram()
+        self.e2e_ms = Histogram()
+
+    def run_once(self) -> None:
+        first = self.inbox.get(timeout=0.1)
+        if first is None:
+            return
+        batch = [first]
+        while (more := self.inbox.get_nowait()) is not None:
+            batch.append(more)
+        newest: DecodedFrame | None = None
+        for af in batch:
+            got = self._decode(af)
+            if got is not None:
+                if newest is not None:
+                    self.not_shown_behind += 1
+                newest = got
+        if newest is not None:
+            self.out.put(newest)
+
+    def _decode(self, af: AssembledFrame) -> DecodedFrame | None:
+        chained = self._last_id is not None and af.frame_id == (self._last_id + 1) & 0xFFFFFFFF
+        if not af.keyframe and (self.waiting_for_keyframe or not chained):
+            # A P frame without its reference would decode into a smeared picture: never show one.
+            self.skipped_broken_chain += 1
+            if not self.waiting_for_keyframe:
+                self.waiting_for_keyframe = True
+                log.info("decode: frame %d arrived without its reference; waiting for a keyframe", af.frame_id)
+            self.keyframe_wanted.set()
+            return None
+        started = time.monotonic_ns()
+        try:
+            pictures = self.decoder.decode(af.data)
+        except DecodeError as exc:
+            self.decode_errors += 1
+            self.waiting_for_keyframe = True
+            self._last_id = None
+            log.warning("decode: frame %d failed to decode, skipping: %s", af.frame_id, exc)
+            self.keyframe_wanted.set()
+            return None
+        if af.keyframe:
+            self.keyframe_wanted.clear()
+        self.waiting_for_keyframe = False
+        self._last_id = af.frame_id
+        if not pictures:
+            return None
+        now = time.monotonic_ns()
+        self.frames += 1
+        self.decode_ms.record((now - started) / 1e6)
+        self.e2e_ms.record(now / 1e6 - af.capture_us / 1e3)
+        times = FrameTimes(captured=af.capture_us * 1000, received=af.completed_ns, decoded=now)
+        return DecodedFrame(frame=pictures[-1], frame_id=af.frame_id, times=times)
+
+    def teardown(self) -> None:
+        self.decoder.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "decode_errors": self.decode_errors,
+            "skipped_broken_chain": self.skipped_broken_chain,
+            "not_shown_behind": self.not_shown_behind,
+            "dropped_decoder_busy": self.inbox.dropped,
+            "waiting_for_keyframe": self.waiting_for_keyframe,
+            "decode_ms": self.decode_ms.snapshot(),
+            "capture_to_decoded_ms": self.e2e_ms.snapshot(),
+        }
+
+
+class DisplayStage(Stage):
+    """Shows the newest decoded picture on the sink (display thread; SDL is bound to it)."""
+
+    def __init__(
+        self, sink: DisplaySink, inbox: Inbox[DecodedFrame], on_error: Callable[[str, BaseException], None]
+    ) -> None:
+        super().__init__("display", on_error)
+        self.sink = sink
+        self.inbox = inbox
+        self.frames = 0
+        self.show_ms = Histogram()
+        self.last_shown_ns = 0
+
+    def setup(self) -> None:
+        self.sink.open()
+
+    def run_once(self) -> None:
+        df = self.inbox.get(timeout=0.1)
+        if df is None:
+            return
+        self.sink.show(df)
+        self.frames += 1
+        self.last_shown_ns = df.times.shown or time.monotonic_ns()
+        self.show_ms.record((self.last_shown_ns - df.times.decoded) / 1e6)
+
+    def teardown(self) -> None:
+        self.sink.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "replaced_before_shown": self.inbox.dropped,
+            "decoded_to_shown_ms": self.show_ms.snapshot(),
+        }

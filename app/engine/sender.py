@@ -1,0 +1,226 @@
+"""The sending half of a doorway: capture → encode → packetize and pace → UDP.
+
+Three stages on three threads, wired downstream-first (each stage is handed the inbox of the next):
+
+- ``CaptureStage`` blocks on the capture source (which paces itself: a camera, or the synthetic scene in
+  real time) and offers each picture to the encoder's inbox; when the encoder is still busy the picture is
+  dropped and counted, as a camera would.
+- ``EncodeStage`` encodes one picture at a time, honouring keyframe requests and bitrate changes that arrive
+  from other threads as plain attribute writes (read once per frame).
+- ``SendStage`` cuts each access unit into fragments and paces them through a token bucket, so a large
+  keyframe does not leave as one burst that overflows a switch or a receive buffer, while an ordinary frame
+  leaves at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.engine.link import UdpLink
+from app.engine.metrics import Histogram
+from app.engine.stage import Inbox, Stage
+from app.net.fragment import Packetizer
+from app.net.pacer import TokenBucketPacer
+from app.video.capture.base import CaptureError, CaptureSource
+from app.video.encoder import VideoEncoder
+from app.video.frames import CapturedFrame, EncodedFrame
+
+log = logging.getLogger(__name__)
+
+VIDEO_STREAM = 0
+
+
+class CaptureStage(Stage):
+    """Reads the capture source and offers pictures to the encoder (capture thread)."""
+
+    def __init__(
+        self, source: CaptureSource, out: Inbox[CapturedFrame], on_error: Callable[[str, BaseException], None]
+    ) -> None:
+        super().__init__("capture", on_error)
+        self.source = source
+        self.out = out
+        self.frames = 0
+        self.slate_frames = 0
+        self.errors = 0
+
+    def setup(self) -> None:
+        self.source.open()
+
+    def run_once(self) -> None:
+        try:
+            cf = self.source.read()
+        except CaptureError as exc:
+            # Only a bare source raises here; the engine wraps real cameras in ResilientCapture.
+            self.errors += 1
+            log.warning("capture: %s", exc)
+            time.sleep(0.5)
+            return
+        self.frames += 1
+        if cf.slate:
+            self.slate_frames += 1
+        self.out.put(cf)
+
+    def teardown(self) -> None:
+        self.source.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "source": self.source.name,
+            "frames": self.frames,
+            "slate_frames": self.slate_frames,
+            "dropped_encoder_busy": self.out.dropped,
+        }
+
+
+class EncodeStage(Stage):
+    """Encodes pictures and offers access units to the send stage (encode thread)."""
+
+    def __init__(
+        self,
+        encoder: VideoEncoder,
+        inbox: Inbox[CapturedFrame],
+        out: Inbox[EncodedFrame],
+        keyframe_min_interval_ms: int,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        super().__init__("encode", on_error)
+        self.encoder = encoder
+        self.inbox = inbox
+        self.out = out
+        self._keyframe_min_ns = keyframe_min_interval_ms * 1_000_000
+        self._keyframe_wanted = False
+        self._last_forced_ns = 0
+        self._bitrate_kbps: int | None = None
+        self._lock = threading.Lock()
+        self.encode_ms = Histogram()
+        self.frames = 0
+        self.keyframes = 0
+        self.keyframe_requests = 0
+        self.keyframe_requests_ignored = 0
+        self.bytes_out = 0
+
+    def request_keyframe(self) -> bool:
+        """Ask for a keyframe at the next picture (any thread). Rate limited: returns False if ignored."""
+        now = time.monotonic_ns()
+        with self._lock:
+            self.keyframe_requests += 1
+            if self._keyframe_wanted or now - self._last_forced_ns < self._keyframe_min_ns:
+                self.keyframe_requests_ignored += 1
+                return False
+            self._keyframe_wanted = True
+            self._last_forced_ns = now
+            return True
+
+    def set_bitrate(self, kbps: int) -> None:
+        """Change the target bitrate from the next picture on (any thread)."""
+        self._bitrate_kbps = kbps
+
+    def run_once(self) -> None:
+        cf = self.inbox.get(timeout=0.1)
+        if cf is None:
+            return
+        kbps, self._bitrate_kbps = self._bitrate_kbps, None
+        if kbps is not None:
+            self.encoder.set_bitrate(kbps)
+            log.info("encode: bitrate now %d kb/s", kbps)
+        with self._lock:
+            force, self._keyframe_wanted = self._keyframe_wanted, False
+        for ef in self.encoder.encode(cf, force_keyframe=force):
+            self.frames += 1
+            self.keyframes += ef.keyframe
+            self.bytes_out += len(ef.data)
+            self.encode_ms.record((ef.times.encoded - ef.times.captured) / 1e6)
+            self.out.put(ef)
+
+    def teardown(self) -> None:
+        self.encoder.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.name,
+            "frames": self.frames,
+            "keyframes": self.keyframes,
+            "keyframe_requests": self.keyframe_requests,
+            "keyframe_requests_ignored": self.keyframe_requests_ignored,
+            "bytes": self.bytes_out,
+            "dropped_sender_busy": self.out.dropped,
+            "capture_to_encoded_ms": self.encode_ms.snapshot(),
+        }
+
+
+class SendStage(Stage):
+    """Fragments, paces and sends access units (send thread)."""
+
+    def __init__(
+        self,
+        link: UdpLink,
+        inbox: Inbox[EncodedFrame],
+        next_seq: Callable[[], int],
+        mtu_payload: int,
+        bitrate_kbps: int,
+        pacing_factor: float,
+        burst_bytes: int,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        super().__init__("send", on_error)
+        self.link = link
+        self.inbox = inbox
+        self.next_seq = next_seq
+        self.packetizer = Packetizer(VIDEO_STREAM, mtu_payload)
+        self.pacing_factor = pacing_factor
+        self.pacer = TokenBucketPacer(bitrate_kbps * 1000 * pacing_factor, burst_bytes)
+        self.frame_id = 0
+        self.frames = 0
+        self.packets = 0
+        self.paced_ms = Histogram()
+        self.sent_ms = Histogram()
+        self.sent_log: list[int] | None = None
+        """When a list (benchmarks only), the capture time (ns) of every frame sent is appended to it."""
+
+    def set_bitrate(self, kbps: int) -> None:
+        """Follow an encoder bitrate change (any thread)."""
+        self.pacer.set_rate(kbps * 1000 * self.pacing_factor)
+
+    def run_once(self) -> None:
+        ef = self.inbox.get(timeout=0.1)
+        if ef is None:
+            return
+        packets = self.packetizer.packetize(
+            self.frame_id,
+            ef.data,
+            keyframe=ef.keyframe,
+            capture_us=ef.times.captured // 1000,
+            next_seq=self.next_seq,
+        )
+        self.frame_id = (self.frame_id + 1) & 0xFFFFFFFF
+        start = time.monotonic_ns()
+        for pkt in packets:
+            data = bytes(pkt)
+            now = time.monotonic_ns()
+            wait = self.pacer.delay_ns(now, len(data))
+            if wait > 0:
+                time.sleep(wait / 1e9)
+                now = time.monotonic_ns()
+            self.pacer.consume(now, len(data))
+            self.link.send(data)
+        ef.times.sent = time.monotonic_ns()
+        self.frames += 1
+        self.packets += len(packets)
+        self.paced_ms.record((ef.times.sent - start) / 1e6)
+        self.sent_ms.record((ef.times.sent - ef.times.captured) / 1e6)
+        if self.sent_log is not None:
+            self.sent_log.append(ef.times.captured)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "packets": self.packets,
+            "bytes": self.link.sent_bytes,
+            "send_errors": self.link.send_errors,
+            "pacing_ms": self.paced_ms.snapshot(),
+            "capture_to_sent_ms": self.sent_ms.snapshot(),
+        }
