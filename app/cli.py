@@ -98,7 +98,9 @@ def cmd_bench_video(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="doorway", description="Doorway: a low-latency video link between rooms.")
+    p = argparse.ArgumentParser(
+        prog="doorway", description="Doorway: a low-latency video link between rooms."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("engine", help="run one doorway's media engine (the service)")

@@ -28,7 +28,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--bitrate-kbps", type=int, default=4000)
     p.add_argument("--display", choices=["auto", "null", "sdl"], default="auto")
-    p.add_argument("--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder")
+    p.add_argument(
+        "--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder"
+    )
 
 
 def _settings(opts: argparse.Namespace, port: int, peer: int, display: str, seed: int) -> dict[str, Any]:
@@ -40,7 +42,12 @@ def _settings(opts: argparse.Namespace, port: int, peer: int, display: str, seed
             "fps": opts.fps,
             "bitrate_kbps": opts.bitrate_kbps,
         },
-        "network": {"listen_host": "127.0.0.1", "listen_port": port, "peer_host": "127.0.0.1", "peer_port": peer},
+        "network": {
+            "listen_host": "127.0.0.1",
+            "listen_port": port,
+            "peer_host": "127.0.0.1",
+            "peer_port": peer,
+        },
         "display": {"backend": display, "fullscreen": False},
     }
 
@@ -94,7 +101,10 @@ def run_demo(opts: argparse.Namespace) -> int:
                 dead = [e for e in engines if e.proc.poll() is not None]
                 if dead:
                     for e in dead:
-                        print(f"doorway demo: {e.name} exited ({e.proc.returncode}):\n{e.log_tail()}", flush=True)
+                        print(
+                            f"doorway demo: {e.name} exited ({e.proc.returncode}):\n{e.log_tail()}",
+                            flush=True,
+                        )
                     status = 1
                     break
                 now = time.monotonic()

@@ -93,7 +93,10 @@ def start_engine(
     """Write ``settings`` to ``workdir/name.toml`` and start ``doorway engine`` on it."""
     config = workdir / f"{name}.toml"
     sock = workdir / f"{name}.sock"
-    settings = {**settings, "engine": {**settings.get("engine", {}), "name": name, "control_socket": str(sock)}}
+    settings = {
+        **settings,
+        "engine": {**settings.get("engine", {}), "name": name, "control_socket": str(sock)},
+    }
     config.write_text(to_toml(settings))
     log_path = workdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOORWAY_")}

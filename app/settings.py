@@ -215,8 +215,8 @@ def load_settings(path: Path | None = None) -> Settings:
     """Read, merge and validate settings.
 
     ``path`` None means the default file, which may be absent (all defaults apply); a path given explicitly
-    must exist. Environment overrides come from ``os.environ``. Raises :class:`SettingsError` naming the file and
-    every bad key.
+    must exist. Environment overrides come from ``os.environ``. Raises :class:`SettingsError` naming the file
+    and every bad key.
     """
     explicit = path is not None
     path = path if path is not None else DEFAULT_CONFIG_PATH

@@ -25,7 +25,9 @@ def test_defaults_are_valid(tmp_path: Path) -> None:
 
 
 def test_file_values_are_read(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, '[video]\nfps = 30\n[capture]\nbackend = "v4l2"\ndevice = "/dev/video2"\n'))
+    s = load_settings(
+        write(tmp_path, '[video]\nfps = 30\n[capture]\nbackend = "v4l2"\ndevice = "/dev/video2"\n')
+    )
     assert s.video.fps == 30
     assert s.capture.device == "/dev/video2"
 
@@ -62,12 +64,12 @@ def test_every_problem_is_one_line(tmp_path: Path) -> None:
 
 def test_bad_toml(tmp_path: Path) -> None:
     p = write(tmp_path, "[video\n")
-    with pytest.raises(SettingsError, match="not valid TOML"):
+    with pytest.raises(SettingsError, match=r"not valid TOML"):
         load_settings(p)
 
 
 def test_explicit_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="no such settings file"):
+    with pytest.raises(SettingsError, match=r"no such settings file"):
         load_settings(tmp_path / "nope.toml")
 
 
@@ -84,7 +86,7 @@ def test_environment_error_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_odd_width_rejected(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="video.width"):
+    with pytest.raises(SettingsError, match=r"video\.width"):
         load_settings(write(tmp_path, "[video]\nwidth = 641\n"))
 
 
@@ -115,7 +117,11 @@ def test_settings_import_is_light() -> None:
 def test_cli_exits_2_before_starting(tmp_path: Path) -> None:
     p = write(tmp_path, "[video]\nfps = 999\n")
     out = subprocess.run(
-        [sys.executable, "-m", "app", "engine", "--config", str(p)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "app", "engine", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 2
     assert f"{p}: video.fps = 999 is out of range (allowed: 1 to 240)" in out.stderr

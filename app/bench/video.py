@@ -18,7 +18,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from app.bench.metrics import FrameRecord, summarize
 from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
@@ -31,15 +31,21 @@ def add_bench_video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--fps", type=int, default=60)
     p.add_argument("--seconds", type=float, default=60.0, help="measurement window (s)")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds ignored at the start (process start-up)")
+    p.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds ignored at the start (process start-up)"
+    )
     p.add_argument("--bitrate-kbps", type=int, default=12000)
-    p.add_argument("--encoder", default="auto", choices=["auto", "x264", "nvenc-h264", "nvenc-hevc", "v4l2m2m"])
+    p.add_argument(
+        "--encoder", default="auto", choices=["auto", "x264", "nvenc-h264", "nvenc-hevc", "v4l2m2m"]
+    )
     p.add_argument("--preset", default=None, help="libx264 preset (default: the settings default)")
     p.add_argument("--duplex", action="store_true", help="both doorways send and receive at once")
     p.add_argument("--against", choices=["aiortc"], default=None, help="also run aiortc (H.264 and VP8)")
     p.add_argument("--json", type=Path, default=None, help="write the result rows here (a JSON list)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG of latency over time and histograms")
-    p.add_argument("--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder")
+    p.add_argument(
+        "--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder"
+    )
 
 
 def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: int) -> dict[str, Any]:
@@ -131,7 +137,9 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
             stop_engines(engines)
         for e in engines:
             if e.proc.returncode != 0 or not docs[e.name].exists():
-                raise RuntimeError(f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}")
+                raise RuntimeError(
+                    f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}"
+                )
         b, a = engines
         doc_a = json.loads(docs["a"].read_text())
         doc_b = json.loads(docs["b"].read_text())
@@ -146,10 +154,11 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
 def run_against_aiortc(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[FrameRecord]]]:
     from app.bench.aiortc_run import run_aiortc
 
-    rows = []
-    for codec in ("h264", "vp8"):
+    rows: list[tuple[dict[str, Any], list[FrameRecord]]] = []
+    codecs: tuple[Literal["h264", "vp8"], ...] = ("h264", "vp8")
+    for codec in codecs:
         row = run_aiortc(
-            codec,  # type: ignore[arg-type]
+            codec,
             width=opts.width,
             height=opts.height,
             fps=opts.fps,
@@ -163,14 +172,19 @@ def run_against_aiortc(opts: argparse.Namespace) -> list[tuple[dict[str, Any], l
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text summary table of the rows, for the terminal and the README."""
-    head = "| system | size | fps shown | corrupt | freezes | p50 ms | p95 ms | p99 ms | max ms | PSNR dB | CPU % (tx/rx) | RSS MB (tx/rx) |"
+    head = (
+        "| system | size | fps shown | corrupt | freezes | p50 ms | p95 ms | p99 ms | max ms | PSNR dB "
+        "| CPU % (tx/rx) | RSS MB (tx/rx) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lat = r["latency_ms"]
         name = r["system"] + (f" {r['direction']}" if "direction" in r else "")
         lines.append(
-            f"| {name} | {r['width']}×{r['height']}@{r['fps_target']} | {r['fps_shown']} | {r['frames_corrupt']} "
-            f"| {r['freezes']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {lat['max']} | {r['psnr_db']} "
+            f"| {name} | {r['width']}×{r['height']}@{r['fps_target']} | {r['fps_shown']} "
+            f"| {r['frames_corrupt']} "
+            f"| {r['freezes']} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {lat['max']} "
+            f"| {r['psnr_db']} "
             f"| {r['cpu_percent']['sender']}/{r['cpu_percent']['receiver']} "
             f"| {r['rss_mb']['sender']}/{r['rss_mb']['receiver']} |"
         )

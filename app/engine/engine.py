@@ -8,7 +8,6 @@ system shuts everything down on any actor error; our units use ``Restart=always`
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -23,7 +22,9 @@ from app.engine.link import UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
 from app.engine.stage import Inbox, Stage
+from app.hotplug import create_monitor
 from app.net.fragment import AssembledFrame
+from app.net.seq import SequenceCounter
 from app.settings import Settings
 from app.video.capture import create_capture
 from app.video.capture.resilient import ResilientCapture
@@ -32,7 +33,6 @@ from app.video.display import create_display
 from app.video.display.base import DisplaySink
 from app.video.encoder import open_encoder
 from app.video.frames import CapturedFrame, DecodedFrame, EncodedFrame
-from app.hotplug import create_monitor
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,20 @@ class Engine:
         self._stopped = threading.Event()
         self.failure: str | None = None
         self.started_ns = time.monotonic_ns()
-        seq = itertools.count()
-        self.next_seq: Callable[[], int] = lambda: next(seq) & 0xFFFFFFFF
+        # One packet sequence for everything this doorway sends, from the send and network threads; the
+        # lock keeps numbers unique (they will be AEAD nonces).
+        seq = SequenceCounter()
+        seq_lock = threading.Lock()
+
+        def next_seq() -> int:
+            with seq_lock:
+                return seq()
+
+        self.next_seq: Callable[[], int] = next_seq
         net = settings.network
-        self.link = UdpLink(net.listen_host, net.listen_port, net.peer_host, net.peer_port,
-                            net.socket_buffer_bytes)
+        self.link = UdpLink(
+            net.listen_host, net.listen_port, net.peer_host, net.peer_port, net.socket_buffer_bytes
+        )
         role = settings.engine.role
         self.sending = role in ("duplex", "send")
         self.receiving = role in ("duplex", "receive")

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -93,7 +94,11 @@ class NetworkStage(Stage):
             "keyframe_requests_received": 0,
             "keepalives_received": 0,
             "reports_received": 0,
+            "peer_restarts": 0,
         }
+        self.session_id = secrets.randbits(32) | 1
+        """Ours, sent in every keepalive so the twin notices when we restart."""
+        self.peer_session = 0
         self.peer_report: ReceiverReport | None = None
         self.last_peer_packet_ns = 0
         self.assembly_ms = Histogram()
@@ -121,7 +126,20 @@ class NetworkStage(Stage):
             if c["malformed"] == 1 or log.isEnabledFor(logging.DEBUG):
                 log.warning("network: dropping malformed datagram from %s:%d: %s", addr[0], addr[1], exc)
             return
-        if not self.rx_stats.on_packet(pkt.seq, now, getattr(pkt, "capture_us", now // 1000), len(data)):
+        if isinstance(pkt, Keepalive) and pkt.session_id and pkt.session_id != self.peer_session:
+            # The twin (re)started: its sequence numbers and frame ids begin again, so forget the old ones
+            # before the replay check would drop everything it sends.
+            if self.peer_session:
+                log.info(
+                    "network: the twin restarted (session %08x -> %08x)", self.peer_session, pkt.session_id
+                )
+                self.counters["peer_restarts"] += 1
+            self.peer_session = pkt.session_id
+            self.rx_stats.reset()
+            self.assembler.reset()
+            self.jitter.reset()
+        capture_us = pkt.capture_us if isinstance(pkt, MediaPacket) else None
+        if not self.rx_stats.on_packet(pkt.seq, now, capture_us, len(data)):
             c["replays"] += 1
             return
         self.last_peer_packet_ns = now
@@ -180,7 +198,9 @@ class NetworkStage(Stage):
             log.info("network: asked the twin for a keyframe (#%d)", self._kf_request_id)
         if now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive_ns
-            self.link.send(bytes(Keepalive(seq=self.next_seq(), sent_us=now // 1000)))
+            self.link.send(
+                bytes(Keepalive(seq=self.next_seq(), sent_us=now // 1000, session_id=self.session_id))
+            )
         if now >= self._next_report and self.out is not None:
             self._next_report = now + self.report_ns
             report = self.rx_stats.make_report(
@@ -256,7 +276,9 @@ class DecodeStage(Stage):
             self.skipped_broken_chain += 1
             if not self.waiting_for_keyframe:
                 self.waiting_for_keyframe = True
-                log.info("decode: frame %d arrived without its reference; waiting for a keyframe", af.frame_id)
+                log.info(
+                    "decode: frame %d arrived without its reference; waiting for a keyframe", af.frame_id
+                )
             self.keyframe_wanted.set()
             return None
         started = time.monotonic_ns()

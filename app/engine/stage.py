@@ -11,6 +11,7 @@ is not a bug: stages drop it, count it and carry on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -48,14 +49,12 @@ class Inbox(Generic[T]):
         self.dropped += 1
         if not self._latest_wins:
             return False
-        try:
+        # Only the owner takes items out, so after evicting one the put succeeds unless another producer
+        # raced us; then the newest item is dropped instead, which is still bounded and counted.
+        with contextlib.suppress(queue.Empty):
             self._q.get_nowait()
-        except queue.Empty:
-            pass
-        try:
+        with contextlib.suppress(queue.Full):
             self._q.put_nowait(item)
-        except queue.Full:
-            pass
         return False
 
     def get(self, timeout: float) -> T | None:

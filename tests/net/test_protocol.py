@@ -1,0 +1,365 @@
+"""Wire format of protocol version 1: golden vectors, exact error messages, and fuzzing properties.
+
+Golden files live in tests/net/golden/. After a deliberate change of the wire format, regenerate them with
+``DOORWAY_REGEN_GOLDEN=1 .venv/bin/pytest tests/net/test_protocol.py`` and update app/net/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.net.protocol import (
+    HEADER_SIZE,
+    KEEPALIVE_SIZE,
+    KEYFRAME_REQUEST_SIZE,
+    MAGIC,
+    MAX_DATAGRAM,
+    MAX_FRAGMENTS,
+    MAX_FRAME_SIZE,
+    MEDIA_HEADER_SIZE,
+    PROTOCOL_VERSION,
+    RECEIVER_REPORT_SIZE,
+    RESERVED_PACKET_TYPES,
+    Keepalive,
+    KeepaliveAck,
+    KeyframeRequest,
+    MediaFlags,
+    MediaPacket,
+    Packet,
+    PacketType,
+    ProtocolError,
+    ReceiverReport,
+    fragment_offset,
+    fragment_size,
+    parse_packet,
+)
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("DOORWAY_REGEN_GOLDEN") == "1"
+
+GOLDEN: dict[str, Packet] = {
+    "media": MediaPacket(
+        seq=0x01020304,
+        stream_id=0,
+        frame_id=0x0A0B0C0D,
+        fragment_index=1,
+        fragment_count=3,
+        frame_size=50,
+        capture_us=0x0001020304050607,
+        payload=b"Doorway fragment!",
+        flags=MediaFlags.KEYFRAME,
+    ),
+    "receiver_report": ReceiverReport(
+        seq=0xFFFFFFFE,
+        stream_id=0,
+        highest_seq=0x11223344,
+        packets_received=100000,
+        packets_lost=25,
+        fraction_lost=3,
+        jitter_us=1234,
+        frames_received=6000,
+        frames_lost=2,
+        receive_kbps=12000,
+    ),
+    "keyframe_request": KeyframeRequest(seq=7, stream_id=0, request_id=42),
+    "keepalive": Keepalive(seq=8, sent_us=123_456_789_012, session_id=0xCAFEF00D),
+    "keepalive_ack": KeepaliveAck(seq=9, echo_us=123_456_789_012, hold_us=150),
+}
+
+
+def header(
+    ptype: int, length: int, *, flags: int = 0, stream: int = 0, seq: int = 1, epoch: int = 0
+) -> bytes:
+    return struct.pack("!BBBBHBBI", MAGIC, PROTOCOL_VERSION, ptype, epoch, length, flags, stream, seq)
+
+
+def media_bytes(index: int, count: int, frame_size: int, payload: bytes, frame_id: int = 1) -> bytes:
+    body = struct.pack("!IHHIQ", frame_id, index, count, frame_size, 99)
+    return header(PacketType.MEDIA, MEDIA_HEADER_SIZE + len(payload)) + body + payload
+
+
+def test_sizes() -> None:
+    assert HEADER_SIZE == 12
+    assert MEDIA_HEADER_SIZE == 32
+    assert RECEIVER_REPORT_SIZE == 41
+    assert KEYFRAME_REQUEST_SIZE == 16
+    assert KEEPALIVE_SIZE == 24
+    assert MAX_DATAGRAM == 65507
+    assert {name: len(bytes(p)) for name, p in GOLDEN.items()} == {
+        "media": 49,
+        "receiver_report": 41,
+        "keyframe_request": 16,
+        "keepalive": 24,
+        "keepalive_ack": 24,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden(name: str) -> None:
+    pkt = GOLDEN[name]
+    path = GOLDEN_DIR / f"{name}.bin"
+    data = bytes(pkt)
+    if REGENERATE:
+        GOLDEN_DIR.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    golden = path.read_bytes()
+    assert data == golden
+    parsed = parse_packet(golden)
+    assert parsed == pkt
+    assert type(parsed) is type(pkt)
+    assert bytes(parsed) == golden
+    assert type(pkt).parse(golden) == pkt
+    assert parse_packet(bytearray(golden)) == pkt
+    assert parse_packet(memoryview(golden)) == pkt
+
+
+def test_golden_media_layout() -> None:
+    data = (GOLDEN_DIR / "media.bin").read_bytes()
+    assert data.hex(" ") == (
+        "d0 01 01 00 00 31 01 00 01 02 03 04 0a 0b 0c 0d 00 01 00 03 00 00 00 32 "
+        "00 01 02 03 04 05 06 07 44 6f 6f 72 77 61 79 20 66 72 61 67 6d 65 6e 74 21"
+    )
+
+
+def test_protocol_md_shows_the_golden_media_packet() -> None:
+    data = (GOLDEN_DIR / "media.bin").read_bytes()
+    rows = [
+        f"{data[i : i + 8].hex(' ')}  {data[i + 8 : i + 16].hex(' ')}".rstrip()
+        for i in range(0, len(data), 16)
+    ]
+    spec = (Path(__file__).parents[2] / "app" / "net" / "PROTOCOL.md").read_text(encoding="utf-8")
+    assert "\n".join(f"    {row}" for row in rows) in spec
+
+
+def test_media_helpers() -> None:
+    pkt = GOLDEN["media"]
+    assert isinstance(pkt, MediaPacket)
+    assert pkt.keyframe
+    assert pkt.pack_header() + pkt.payload == bytes(pkt)
+    assert not MediaPacket(1, 0, 1, 0, 1, 1, 0, b"x").keyframe
+    # A memoryview payload (the packetizer's zero-copy slices) encodes the same.
+    mv = MediaPacket(1, 0, 1, 0, 1, 3, 0, memoryview(b"abc"))
+    assert bytes(mv) == bytes(MediaPacket(1, 0, 1, 0, 1, 3, 0, b"abc"))
+
+
+def test_parse_as_wrong_type() -> None:
+    with pytest.raises(ProtocolError) as err:
+        MediaPacket.parse(bytes(GOLDEN["keepalive"]))
+    assert str(err.value) == "expected MediaPacket, got Keepalive"
+
+
+ERRORS: list[tuple[bytes, str]] = [
+    (b"", "truncated: 0 bytes, shorter than the 12-byte header"),
+    (b"\xd0\x01\x04", "truncated: 3 bytes, shorter than the 12-byte header"),
+    (b"GET / HTTP/1.1\r\n", "bad magic 0x47, expected 0xd0"),
+    (b"\xd0\x02" + bytes(10), "unsupported version 2, expected 1"),
+    (header(0, 12), "unknown packet type 0"),
+    (header(6, 12), "unknown packet type 6"),
+    (header(255, 12), "unknown packet type 255"),
+    (
+        header(PacketType.KEEPALIVE, 24, epoch=1) + bytes(12),
+        "Keepalive: unsupported key epoch 1 (encryption is not implemented)",
+    ),
+    (header(PacketType.KEEPALIVE, 24) + bytes(5), "truncated Keepalive: 17 bytes, the length field says 24"),
+    (
+        header(PacketType.KEEPALIVE, 24) + bytes(14),
+        "Keepalive: 2 trailing bytes after the 24 the length field says",
+    ),
+    (header(PacketType.KEEPALIVE, 20) + bytes(8), "Keepalive: length 20, expected 24"),
+    (header(PacketType.KEEPALIVE, 24, stream=1) + bytes(12), "Keepalive: stream id must be 0, got 1"),
+    (header(PacketType.KEEPALIVE_ACK, 25) + bytes(13), "KeepaliveAck: length 25, expected 24"),
+    (header(PacketType.KEEPALIVE_ACK, 24, stream=3) + bytes(12), "KeepaliveAck: stream id must be 0, got 3"),
+    (header(PacketType.KEYFRAME_REQUEST, 12), "KeyframeRequest: length 12, expected 16"),
+    (header(PacketType.RECEIVER_REPORT, 44) + bytes(32), "ReceiverReport: length 44, expected 41"),
+    (header(PacketType.MEDIA, 20) + bytes(8), "MediaPacket: 20 bytes, shorter than its 32-byte header"),
+    (
+        header(PacketType.MEDIA, 2000) + bytes(1000),
+        "truncated MediaPacket: 1012 bytes, the length field says 2000",
+    ),
+    (media_bytes(0, 0, 10, b"x"), "MediaPacket: fragment count is 0"),
+    (media_bytes(3, 3, 10, b"x"), "MediaPacket: fragment index 3 is not below fragment count 3"),
+    (media_bytes(7, 2, 10, b"x"), "MediaPacket: fragment index 7 is not below fragment count 2"),
+    (media_bytes(0, 1, 0, b"x"), "MediaPacket: frame size 0 is out of range 1..16777216"),
+    (
+        media_bytes(0, 1, MAX_FRAME_SIZE + 1, b"x"),
+        "MediaPacket: frame size 16777217 is out of range 1..16777216",
+    ),
+    (media_bytes(0, 5, 3, b"x"), "MediaPacket: fragment count 5 exceeds frame size 3"),
+    (
+        media_bytes(0, 1, 5, b""),
+        "MediaPacket: payload is 0 bytes, fragment 0 of 1 of a 5-byte frame must be 5",
+    ),
+    (
+        media_bytes(0, 3, 50, b"x" * 16),
+        "MediaPacket: payload is 16 bytes, fragment 0 of 3 of a 50-byte frame must be 17",
+    ),
+    (
+        media_bytes(2, 3, 50, b"x" * 17),
+        "MediaPacket: payload is 17 bytes, fragment 2 of 3 of a 50-byte frame must be 16",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), ERRORS)
+def test_exact_error_messages(data: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        parse_packet(data)
+    assert str(err.value) == message
+
+
+def test_oversize_media_datagram() -> None:
+    payload = b"x" * (MAX_DATAGRAM - MEDIA_HEADER_SIZE + 1)
+    data = media_bytes(0, 1, len(payload), payload)
+    with pytest.raises(ProtocolError) as err:
+        parse_packet(data)
+    assert str(err.value) == "MediaPacket: 65508 bytes, longer than the 65507-byte maximum datagram"
+
+
+def test_largest_media_datagram_parses() -> None:
+    payload = b"y" * (MAX_DATAGRAM - MEDIA_HEADER_SIZE)
+    pkt = parse_packet(media_bytes(0, 1, len(payload), payload))
+    assert isinstance(pkt, MediaPacket) and len(bytes(pkt)) == MAX_DATAGRAM
+
+
+def test_reserved_types_are_unknown() -> None:
+    for ptype in RESERVED_PACKET_TYPES:
+        assert ptype not in {t.value for t in PacketType}
+        with pytest.raises(ProtocolError, match=f"^unknown packet type {ptype}$"):
+            parse_packet(header(ptype, 16) + bytes(4))
+
+
+@pytest.mark.parametrize(
+    ("pkt", "message"),
+    [
+        (Keepalive(seq=-1, sent_us=0), "Keepalive: cannot encode: "),
+        (KeepaliveAck(seq=1, echo_us=0, hold_us=1 << 32), "KeepaliveAck: cannot encode: "),
+        (KeyframeRequest(seq=1 << 32, stream_id=0, request_id=0), "KeyframeRequest: cannot encode: "),
+        (ReceiverReport(1, 0, 0, 0, 0, 256, 0, 0, 0), "ReceiverReport: cannot encode: "),
+        (MediaPacket(1, 256, 0, 0, 1, 1, 0, b"x"), "MediaPacket: cannot encode: "),
+        (MediaPacket(1, 0, 0, 0, 1, 1, 0, b"x" * 70000), "MediaPacket: cannot encode: "),
+    ],
+)
+def test_encode_out_of_range_raises_protocol_error(pkt: Packet, message: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        bytes(pkt)
+    assert str(err.value).startswith(message)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=MAX_FRAGMENTS),
+    extra=st.integers(min_value=0, max_value=100_000),
+)
+def test_fragment_sizes_tile_the_frame(count: int, extra: int) -> None:
+    frame_size = min(MAX_FRAME_SIZE, count + extra)
+    sizes = {fragment_size(frame_size, count, i) for i in (0, count // 2, count - 1)}
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    last = count - 1
+    assert fragment_offset(frame_size, count, 0) == 0
+    assert fragment_offset(frame_size, count, last) + fragment_size(frame_size, count, last) == frame_size
+    for i in (0, count // 3, count // 2, last - 1):
+        if 0 <= i < last:
+            end = fragment_offset(frame_size, count, i) + fragment_size(frame_size, count, i)
+            assert end == fragment_offset(frame_size, count, i + 1)
+
+
+# --- Fuzzing -----------------------------------------------------------------------------------------------
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+u64 = st.integers(0, (1 << 64) - 1)
+
+
+@st.composite
+def media_packets(draw: st.DrawFn) -> MediaPacket:
+    count = draw(st.integers(1, MAX_FRAGMENTS))
+    frame_size = draw(st.integers(count, min(MAX_FRAME_SIZE, count * 40)))
+    index = draw(st.integers(0, count - 1))
+    payload = draw(st.binary(min_size=1, max_size=1)) * fragment_size(frame_size, count, index)
+    return MediaPacket(draw(u32), draw(u8), draw(u32), index, count, frame_size, draw(u64), payload, draw(u8))
+
+
+packets: st.SearchStrategy[Packet] = st.one_of(
+    media_packets(),
+    st.builds(ReceiverReport, u32, u8, u32, u32, u32, u8, u32, u32, u32, u32, u8),
+    st.builds(KeyframeRequest, u32, u8, u32, u8),
+    st.builds(Keepalive, u32, u64, u32, u8),
+    st.builds(KeepaliveAck, u32, u64, u32, u8),
+)
+
+
+@st.composite
+def plausible_datagrams(draw: st.DrawFn) -> bytes:
+    """Mostly-valid headers with a random type, length and body, so the fuzzer gets past the magic."""
+    body = draw(st.binary(max_size=80))
+    length = draw(st.one_of(st.just(HEADER_SIZE + len(body)), u16))
+    ptype = draw(st.integers(0, 10))
+    return (
+        header(ptype, length, flags=draw(u8), stream=draw(st.sampled_from([0, 0, 1, 7])), seq=draw(u32))
+        + body
+    )
+
+
+def assert_parses_canonically_or_raises(data: bytes) -> None:
+    try:
+        pkt = parse_packet(data)
+    except ProtocolError:
+        return
+    assert bytes(pkt) == data
+    assert parse_packet(bytes(pkt)) == pkt
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=100), plausible_datagrams()))
+def test_any_bytes_parse_canonically_or_raise_protocol_error(data: bytes) -> None:
+    assert_parses_canonically_or_raises(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pkt=packets)
+def test_valid_packets_round_trip(pkt: Packet) -> None:
+    data = bytes(pkt)
+    assert parse_packet(data) == pkt
+    assert bytes(parse_packet(data)) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(pkt=packets, cut=st.integers(min_value=0))
+def test_every_strict_prefix_raises(pkt: Packet, cut: int) -> None:
+    data = bytes(pkt)
+    with pytest.raises(ProtocolError):
+        parse_packet(data[: cut % len(data)])
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_prefix_of_golden_raises(name: str) -> None:
+    data = bytes(GOLDEN[name])
+    for n in range(len(data)):
+        with pytest.raises(ProtocolError):
+            parse_packet(data[:n])
+
+
+@settings(max_examples=500, deadline=None)
+@given(pkt=packets, flips=st.lists(st.integers(min_value=0), min_size=1, max_size=4))
+def test_bit_flips_never_raise_anything_else(pkt: Packet, flips: list[int]) -> None:
+    data = bytearray(bytes(pkt))
+    for f in flips:
+        bit = f % (len(data) * 8)
+        data[bit // 8] ^= 1 << (bit % 8)
+    assert_parses_canonically_or_raises(bytes(data))
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_single_bit_flip_of_golden(name: str) -> None:
+    data = bytes(GOLDEN[name])
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        assert_parses_canonically_or_raises(bytes(flipped))
