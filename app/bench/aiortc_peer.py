@@ -126,14 +126,18 @@ def loopback_sdp(sdp: str) -> str:
     return "\r\n".join(kept) + "\r\n"
 
 
-def pin_bitrate(codec: Codec, bitrate_bps: int) -> None:
+def pin_bitrate(codec: Codec, bitrate_bps: int, fps: int) -> None:
     """Pin aiortc's ``codec`` encoder at ``bitrate_bps`` (bit/s): start there, and let REMB move it nowhere.
 
     Sets the codec module's ``DEFAULT_BITRATE`` (read by ``Encoder.__init__``) and ``MIN_BITRATE`` /
     ``MAX_BITRATE`` (read by the ``target_bitrate`` setter that REMB calls). Call before the encoder exists.
+    aiortc's H.264 encoder also tells x264 the frame rate is ``MAX_FRAME_RATE`` (30) whatever it really is,
+    so at 60 fps x264 spends each frame a 30 fps budget and sends twice the bitrate asked for; the true
+    frame rate is set there too, so both systems put the same number of bits on the wire.
     """
     if codec == "h264":
         aiortc_h264.DEFAULT_BITRATE = aiortc_h264.MIN_BITRATE = aiortc_h264.MAX_BITRATE = bitrate_bps
+        aiortc_h264.MAX_FRAME_RATE = fps
     else:
         aiortc_vpx.DEFAULT_BITRATE = aiortc_vpx.MIN_BITRATE = aiortc_vpx.MAX_BITRATE = bitrate_bps
 
@@ -241,7 +245,7 @@ async def _exchange_offer(signal_path: Path, offer: RTCSessionDescription) -> RT
 async def run_sender(args: argparse.Namespace) -> dict[str, Any]:
     """Send the scene until the window plus :data:`TAIL_S` is over; returns the sender's report."""
     codec: Codec = args.codec
-    pin_bitrate(codec, args.bitrate_kbps * 1000)
+    pin_bitrate(codec, args.bitrate_kbps * 1000, args.fps)
     track = SceneTrack(Scene(args.width, args.height, args.seed), args.fps)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
