@@ -52,21 +52,22 @@ def _settings(opts: argparse.Namespace, port: int, peer: int, display: str, seed
     }
 
 
-def _direction(stats: dict[str, Any], prev_frames: int, dt: float) -> tuple[str, int]:
+def _direction(stats: dict[str, Any], prev: tuple[int, int], dt: float) -> tuple[str, tuple[int, int]]:
+    """One line about what a doorway receives, from its stats and the (frames, bytes) of the last poll."""
     display = stats.get("display", {})
     decode = stats.get("decode", {})
     net = stats.get("network", {})
     frames = int(display.get("frames", 0))
-    fps = (frames - prev_frames) / dt if dt > 0 else 0.0
+    rx_bytes = int(net.get("bytes", 0))
+    fps = (frames - prev[0]) / dt if dt > 0 else 0.0
+    mbps = (rx_bytes - prev[1]) * 8 / 1e6 / dt if dt > 0 else 0.0
     lat = decode.get("capture_to_decoded_ms", {})
-    kbps = net.get("bytes", 0)
     rtt = net.get("rtt_ms")
     text = (
         f"{fps:5.1f} fps shown, capture→decoded p50 {lat.get('p50', '-')} ms p99 {lat.get('p99', '-')} ms, "
-        f"loss {net.get('loss_percent', 0)} %, rtt {rtt if rtt is not None else '-'} ms, "
-        f"rx {kbps * 8 / 1e6:.1f} Mb total"
+        f"{mbps:5.2f} Mb/s, loss {net.get('loss_percent', 0)} %, rtt {rtt if rtt is not None else '-'} ms"
     )
-    return text, frames
+    return text, (frames, rx_bytes)
 
 
 def run_demo(opts: argparse.Namespace) -> int:
@@ -90,7 +91,7 @@ def run_demo(opts: argparse.Namespace) -> int:
             flush=True,
         )
         started = time.monotonic()
-        prev = {e.name: 0 for e in engines}
+        prev = {e.name: (0, 0) for e in engines}
         last = time.monotonic()
         status = 0
         try:

@@ -167,3 +167,18 @@ def test_camera_unplug_sends_slate_and_recovers(tmp_path: Path, monkeypatch: pyt
     assert stats["capture"]["reopens"] == 1
     assert stats["capture"]["slate_frames"] >= 15
     assert not any(r.corrupt for r in rec.records)
+
+
+def test_sdl_display_stage_shows_frames_headless(tmp_path: Path) -> None:
+    """The SDL sink runs on the display thread inside the engine (offscreen driver: no screen needed)."""
+    settings = small_settings(
+        tmp_path, display={"backend": "sdl", "sdl_driver": "offscreen", "fullscreen": False}
+    )
+    engine = Engine(settings)
+    stop, t, status = run_engine(engine)
+    try:
+        wait_for(lambda: engine.display is not None and engine.display.frames >= 20, what="frames on SDL")
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0]
