@@ -33,7 +33,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(opts: argparse.Namespace, port: int, peer: int, display: str, seed: int) -> dict[str, Any]:
+def _settings(
+    opts: argparse.Namespace, port: int, peer: int, display: str, seed: int, title: str
+) -> dict[str, Any]:
     return {
         "capture": {"backend": "synthetic", "seed": seed},
         "video": {
@@ -48,7 +50,7 @@ def _settings(opts: argparse.Namespace, port: int, peer: int, display: str, seed
             "peer_host": "127.0.0.1",
             "peer_port": peer,
         },
-        "display": {"backend": display, "fullscreen": False},
+        "display": {"backend": display, "fullscreen": False, "window_title": title},
     }
 
 
@@ -82,8 +84,12 @@ def run_demo(opts: argparse.Namespace) -> int:
         work.mkdir(parents=True, exist_ok=True)
         pa, pb = free_udp_ports(2)
         engines: list[EngineProcess] = [
-            start_engine("kitchen", work, _settings(opts, pa, pb, display, seed=1)),
-            start_engine("studio", work, _settings(opts, pb, pa, display, seed=2)),
+            start_engine(
+                "kitchen", work, _settings(opts, pa, pb, display, 1, "Doorway: the kitchen sees the studio")
+            ),
+            start_engine(
+                "studio", work, _settings(opts, pb, pa, display, 2, "Doorway: the studio sees the kitchen")
+            ),
         ]
         print(
             f"doorway demo: two doorways ({opts.width}×{opts.height}@{opts.fps}, {opts.bitrate_kbps} kb/s) "

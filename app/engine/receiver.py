@@ -339,6 +339,8 @@ class DisplayStage(Stage):
     def run_once(self) -> None:
         df = self.inbox.get(timeout=0.1)
         if df is None:
+            # Nothing to show (the twin is not sending): keep a window responsive to the window system.
+            self.sink.poll_events()
             return
         self.sink.show(df)
         self.frames += 1

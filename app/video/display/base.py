@@ -30,6 +30,11 @@ class DisplaySink(Protocol):
         """Show one picture now and set ``df.times.shown`` (CLOCK_MONOTONIC ns) once it is presented."""
         ...
 
+    def poll_events(self) -> bool:
+        """Handle window-system events while no picture arrives (keeps a window responsive); returns
+        ``closed``."""
+        ...
+
     def close(self) -> None:
         """Release the display. Idempotent."""
         ...

@@ -36,6 +36,10 @@ class NullSink:
         if self.on_frame is not None:
             self.on_frame(df)
 
+    def poll_events(self) -> bool:
+        """Nothing to pump; returns ``closed``."""
+        return self.closed
+
     def close(self) -> None:
         """Mark the sink closed. Idempotent."""
         self.closed = True
