@@ -79,6 +79,7 @@ class NetworkStage(Stage):
         self._next_keepalive = 0
         self._next_expire = 0
         self._last_kf_request = 0
+        self._last_kf_log = -(2**62)
         self._kf_request_id = 0
         self.counters: dict[str, int] = {
             "datagrams": 0,
@@ -195,7 +196,10 @@ class NetworkStage(Stage):
             self.counters["keyframe_requests_sent"] += 1
             req = KeyframeRequest(seq=self.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id)
             self.link.send(bytes(req))
-            log.info("network: asked the twin for a keyframe (#%d)", self._kf_request_id)
+            # Requests repeat every interval while the picture is broken: log the first of an episode only.
+            level = logging.INFO if now - self._last_kf_log >= 2_000_000_000 else logging.DEBUG
+            self._last_kf_log = now
+            log.log(level, "network: asked the twin for a keyframe (#%d)", self._kf_request_id)
         if now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive_ns
             self.link.send(
@@ -288,7 +292,9 @@ class DecodeStage(Stage):
             self.decode_errors += 1
             self.waiting_for_keyframe = True
             self._last_id = None
-            log.warning("decode: frame %d failed to decode, skipping: %s", af.frame_id, exc)
+            # The decoder logs once per run of failures; per-frame detail only when debugging.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("decode: frame %d failed to decode, skipping: %s", af.frame_id, exc)
             self.keyframe_wanted.set()
             return None
         if af.keyframe:
