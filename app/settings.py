@@ -73,7 +73,10 @@ class VideoSettings(_Section):
     fps: int = Field(60, ge=1, le=240)
     """Frames per second captured and sent. Default 60."""
     bitrate_kbps: int = Field(12000, ge=100, le=200000)
-    """Encoder target bitrate in kilobits per second; changeable at run time. Default 12000."""
+    """Most the encoder may use, in kilobits per second; congestion control moves the encoder's target
+    between ``min_bitrate_kbps`` and this. Changeable at run time. Default 12000."""
+    min_bitrate_kbps: int = Field(500, ge=100, le=200000)
+    """Least the congestion controller will go down to, in kilobits per second. Default 500."""
     encoder: Literal["auto", "x264", "nvenc-h264", "nvenc-hevc", "v4l2m2m"] = "auto"
     """Encoder: "auto" tries NVENC, then v4l2m2m, then x264, and logs which was chosen and why."""
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = "ultrafast"
@@ -104,14 +107,17 @@ class NetworkSettings(_Section):
     """Pacing rate as a multiple of the encoder bitrate. Default 8.0."""
     pacing_burst_bytes: int = Field(16000, ge=1500, le=1_000_000)
     """Bytes that may leave back to back before pacing applies (token bucket depth). Default 16000."""
+    feedback_interval_ms: int = Field(50, ge=10, le=1000)
+    """How often the receiver reports packet arrivals to the sender for congestion control, in ms. Default 50."""
     keepalive_interval_ms: int = Field(250, ge=10, le=10000)
     """Keepalive (and RTT probe) interval in milliseconds. Default 250."""
     report_interval_ms: int = Field(200, ge=10, le=10000)
     """Receiver report interval in milliseconds. Default 200."""
     keyframe_request_interval_ms: int = Field(200, ge=10, le=10000)
     """Minimum time between two keyframe requests, in milliseconds. Default 200."""
-    frame_deadline_ms: int = Field(100, ge=5, le=5000)
-    """A frame not complete this long after its first fragment arrived is given up, in ms. Default 100."""
+    frame_deadline_ms: int = Field(80, ge=5, le=5000)
+    """A frame not complete this long after its first fragment arrived is given up and a keyframe asked for,
+    in ms. Retransmissions are only asked for when the round trip fits before it. Default 80."""
     socket_buffer_bytes: int = Field(4 * 1024 * 1024, ge=65536, le=256 * 1024 * 1024)
     """Requested SO_RCVBUF/SO_SNDBUF in bytes. Default 4 MiB."""
 

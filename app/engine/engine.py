@@ -22,9 +22,9 @@ from app.engine.link import UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
 from app.engine.stage import Inbox, Stage
+from app.engine.transport import Transport
 from app.hotplug import create_monitor
 from app.net.fragment import AssembledFrame
-from app.net.seq import SequenceCounter
 from app.settings import Settings
 from app.video.capture import create_capture
 from app.video.capture.resilient import ResilientCapture
@@ -57,20 +57,20 @@ class Engine:
         self._stopped = threading.Event()
         self.failure: str | None = None
         self.started_ns = time.monotonic_ns()
-        # One packet sequence for everything this doorway sends, from the send and network threads; the
-        # lock keeps numbers unique (they will be AEAD nonces).
-        seq = SequenceCounter()
-        seq_lock = threading.Lock()
-
-        def next_seq() -> int:
-            with seq_lock:
-                return seq()
-
-        self.next_seq: Callable[[], int] = next_seq
         net = settings.network
+        video = settings.video
         self.link = UdpLink(
             net.listen_host, net.listen_port, net.peer_host, net.peer_port, net.socket_buffer_bytes
         )
+        max_bps = video.bitrate_kbps * 1000
+        self.transport = Transport(
+            self.link,
+            start_bps=max_bps,
+            min_bps=min(video.min_bitrate_kbps * 1000, max_bps),
+            max_bps=max_bps,
+            on_target=self._on_target,
+        )
+        self.next_seq: Callable[[], int] = self.transport.next_seq
         role = settings.engine.role
         self.sending = role in ("duplex", "send")
         self.receiving = role in ("duplex", "receive")
@@ -81,7 +81,6 @@ class Engine:
         self.send: SendStage | None = None
         self.capture: CaptureStage | None = None
         self.sink: DisplaySink | None = None
-        video = settings.video
 
         decode_in: Inbox[AssembledFrame] | None = None
         if self.receiving:
@@ -90,13 +89,13 @@ class Engine:
             self.display = DisplayStage(self.sink, display_in, self._stage_failed)
             decode_in = Inbox(NETWORK_TO_DECODE)
         self.network = NetworkStage(
-            self.link,
+            self.transport,
             decode_in,
-            self.next_seq,
             frame_deadline_ms=net.frame_deadline_ms,
             report_interval_ms=net.report_interval_ms,
             keepalive_interval_ms=net.keepalive_interval_ms,
             keyframe_request_interval_ms=net.keyframe_request_interval_ms,
+            feedback_interval_ms=net.feedback_interval_ms,
             on_keyframe_request=self._peer_wants_keyframe,
             on_error=self._stage_failed,
         )
@@ -110,9 +109,8 @@ class Engine:
         if self.sending:
             send_in: Inbox[EncodedFrame] = Inbox(ENCODE_TO_SEND)
             self.send = SendStage(
-                self.link,
+                self.transport,
                 send_in,
-                self.next_seq,
                 net.mtu_payload,
                 video.bitrate_kbps,
                 net.pacing_factor,
@@ -150,6 +148,14 @@ class Engine:
         if self.failure is None:
             self.failure = f"{name}: {type(exc).__name__}: {exc}"
         self._failed.set()
+
+    def _on_target(self, target_bps: int, fec_share: float) -> None:
+        """Congestion control moved the target (network thread): media gets what FEC leaves of it."""
+        if self.encode is None or self.send is None:
+            return
+        encoder_kbps = max(100, int(target_bps * (1.0 - fec_share) / 1000))
+        self.encode.set_bitrate(encoder_kbps)
+        self.send.set_rate(target_bps)
 
     def _peer_wants_keyframe(self) -> None:
         if self.encode is not None:
@@ -220,8 +226,10 @@ class Engine:
             raise CommandError('"kbps" must be an integer from 100 to 200000')
         if self.encode is None or self.send is None:
             raise CommandError("this engine does not send video")
-        self.encode.set_bitrate(kbps)
-        self.send.set_bitrate(kbps)
+        # The new ceiling for congestion control, which moves the encoder below it as the path allows.
+        self.transport.set_max_bps(kbps * 1000)
+        self.encode.set_bitrate(min(kbps, self.transport.target_bps // 1000))
+        self.send.set_rate(self.transport.target_bps)
         return {"kbps": kbps}
 
     def _cmd_keyframe(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +267,7 @@ class Engine:
             "status": self.status(),
             "process": {"cpu_percent": self._proc.cpu_percent(), "rss_mb": round(mem, 1)},
             "network": self.network.stats(),
+            "transport": self.transport.stats(),
         }
         if self.capture is not None:
             out["capture"] = self.capture.stats()

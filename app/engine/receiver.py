@@ -21,18 +21,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.engine.link import UdpLink
 from app.engine.metrics import Histogram
 from app.engine.stage import Inbox, Stage
+from app.engine.transport import Transport
+from app.net.congestion import FeedbackBuilder
 from app.net.fragment import AssembledFrame, Assembler
 from app.net.jitter import JitterBuffer
+from app.net.nack import NackTracker
 from app.net.protocol import (
+    FecPacket,
     Keepalive,
     KeepaliveAck,
     KeyframeRequest,
+    MediaFlags,
     MediaPacket,
+    Nack,
     ProtocolError,
     ReceiverReport,
+    TransportFeedback,
     parse_packet,
 )
 from app.net.reports import ReceiveStatistics, RttEstimator
@@ -46,38 +52,48 @@ VIDEO_STREAM = 0
 
 
 class NetworkStage(Stage):
-    """Receives and dispatches datagrams, and runs the link timers (network thread)."""
+    """Receives and dispatches datagrams, recovers lost fragments, and runs the link timers (network thread).
+
+    Recovery, cheapest first: FEC parity repairs a frame as soon as any k of its k+m packets are in; a
+    fragment still missing is NACKed only when the RTT plus a margin fits before the frame's deadline; a frame
+    that cannot be completed by its deadline breaks the reference chain, and the twin is asked for a
+    keyframe (capped to one frame's budget by its rate buffer, so no burst).
+    """
 
     def __init__(
         self,
-        link: UdpLink,
+        transport: Transport,
         out: Inbox[AssembledFrame] | None,
-        next_seq: Callable[[], int],
         *,
         frame_deadline_ms: int,
         report_interval_ms: int,
         keepalive_interval_ms: int,
         keyframe_request_interval_ms: int,
+        feedback_interval_ms: int,
         on_keyframe_request: Callable[[], None],
         on_error: Callable[[str, BaseException], None],
     ) -> None:
         super().__init__("network", on_error)
-        self.link = link
+        self.transport = transport
+        self.link = transport.link
         self.out = out
-        self.next_seq = next_seq
         self.on_keyframe_request = on_keyframe_request
         self.deadline_ns = frame_deadline_ms * 1_000_000
         self.report_ns = report_interval_ms * 1_000_000
         self.keepalive_ns = keepalive_interval_ms * 1_000_000
         self.kf_interval_ns = keyframe_request_interval_ms * 1_000_000
+        self.feedback_ns = feedback_interval_ms * 1_000_000
         self.assembler = Assembler()
         self.jitter = JitterBuffer(gap_timeout_ns=self.deadline_ns)
+        self.nack = NackTracker(self.deadline_ns)
+        self.feedback = FeedbackBuilder()
         self.rx_stats = ReceiveStatistics()
         self.rtt = RttEstimator()
         self.keyframe_wanted = threading.Event()
         self._next_report = 0
         self._next_keepalive = 0
         self._next_expire = 0
+        self._next_feedback = 0
         self._last_kf_request = 0
         self._last_kf_log = -(2**62)
         self._kf_request_id = 0
@@ -88,9 +104,12 @@ class NetworkStage(Stage):
             "strangers": 0,
             "replays": 0,
             "media_packets": 0,
+            "fec_packets": 0,
             "frames_complete": 0,
             "frames_to_decoder": 0,
             "frames_expired": 0,
+            "nacks_received": 0,
+            "feedback_received": 0,
             "keyframe_requests_sent": 0,
             "keyframe_requests_received": 0,
             "keepalives_received": 0,
@@ -106,7 +125,7 @@ class NetworkStage(Stage):
         self.transit_ms = Histogram()
 
     def run_once(self) -> None:
-        got = self.link.recv(0.005)
+        got = self.link.recv(0.002)
         now = time.monotonic_ns()
         if got is not None:
             self._on_datagram(got[0], got[1], now)
@@ -134,38 +153,64 @@ class NetworkStage(Stage):
                 log.info(
                     "network: the twin restarted (session %08x -> %08x)", self.peer_session, pkt.session_id
                 )
-                self.counters["peer_restarts"] += 1
+                c["peer_restarts"] += 1
             self.peer_session = pkt.session_id
-            self.rx_stats.reset()
-            self.assembler.reset()
-            self.jitter.reset()
-        capture_us = pkt.capture_us if isinstance(pkt, MediaPacket) else None
+            self._reset_peer_state()
+        # Retransmissions carry the original capture time: keep them out of the jitter estimate.
+        capture_us = (
+            pkt.capture_us if isinstance(pkt, MediaPacket) and not pkt.flags & MediaFlags.RETRANSMIT else None
+        )
         if not self.rx_stats.on_packet(pkt.seq, now, capture_us, len(data)):
             c["replays"] += 1
             return
         self.last_peer_packet_ns = now
+        self.feedback.on_packet(pkt.seq, now)
         if isinstance(pkt, MediaPacket):
             c["media_packets"] += 1
             self._on_media(pkt, now)
+        elif isinstance(pkt, FecPacket):
+            c["fec_packets"] += 1
+            self._on_media(pkt, now)
+        elif isinstance(pkt, TransportFeedback):
+            c["feedback_received"] += 1
+            self.transport.on_feedback(now, pkt.base_seq, pkt.ref_arrival_us, pkt.arrivals)
+        elif isinstance(pkt, Nack):
+            c["nacks_received"] += 1
+            self.transport.on_nack(pkt.frame_id, pkt.missing, now)
         elif isinstance(pkt, KeyframeRequest):
             c["keyframe_requests_received"] += 1
             self.on_keyframe_request()
         elif isinstance(pkt, Keepalive):
             c["keepalives_received"] += 1
             hold_us = (time.monotonic_ns() - now) // 1000
-            self.link.send(bytes(KeepaliveAck(seq=self.next_seq(), echo_us=pkt.sent_us, hold_us=hold_us)))
+            ack = KeepaliveAck(seq=self.transport.next_seq(), echo_us=pkt.sent_us, hold_us=hold_us)
+            self.transport.send(ack)
         elif isinstance(pkt, KeepaliveAck):
-            self.rtt.on_ack(now // 1000, pkt.echo_us, pkt.hold_us)
+            rtt = self.rtt.on_ack(now // 1000, pkt.echo_us, pkt.hold_us)
+            if rtt is not None:
+                self.transport.on_rtt(rtt)
         elif isinstance(pkt, ReceiverReport):
             c["reports_received"] += 1
             self.peer_report = pkt
 
-    def _on_media(self, pkt: MediaPacket, now: int) -> None:
+    def _reset_peer_state(self) -> None:
+        self.rx_stats.reset()
+        self.assembler.reset()
+        self.jitter.reset()
+        self.nack.reset()
+        self.feedback.reset()
+
+    def _on_media(self, pkt: MediaPacket | FecPacket, now: int) -> None:
         if self.out is None or pkt.stream_id != VIDEO_STREAM:
             return
         frame = self.assembler.push(pkt, now)
         if frame is None:
+            missing = self.assembler.missing(pkt.frame_id)
+            if missing is not None:
+                k, needed, indices = missing
+                self.nack.on_fragment(pkt.frame_id, now, data_count=k, still_needed=needed, missing=indices)
             return
+        self.nack.on_complete(frame.frame_id)
         self.counters["frames_complete"] += 1
         self.assembly_ms.record((frame.completed_ns - frame.first_arrival_ns) / 1e6)
         # Only meaningful when both ends share CLOCK_MONOTONIC (one host: the demo and the benchmark).
@@ -179,11 +224,27 @@ class NetworkStage(Stage):
             self.counters["frames_to_decoder"] += 1
             self.out.put(f)
 
+    def _rtt_ns(self) -> int:
+        srtt = self.rtt.srtt_us
+        # Before the first sample, assume a LAN-ish 20 ms rather than nothing.
+        return 20_000_000 if srtt is None else int(srtt * 1000)
+
     def _timers(self, now: int) -> None:
+        if self.out is not None:
+            for frame_id, indices in self.nack.poll(now, self._rtt_ns()):
+                self.transport.send(
+                    Nack(
+                        seq=self.transport.next_seq(),
+                        stream_id=VIDEO_STREAM,
+                        frame_id=frame_id,
+                        missing=indices,
+                    )
+                )
         if now >= self._next_expire:
             self._next_expire = now + 2_000_000
             for frame_id in self.assembler.expire(now, self.deadline_ns):
                 self.counters["frames_expired"] += 1
+                self.nack.on_abandoned(frame_id)
                 self.jitter.mark_lost(frame_id)
             self._deliver(self.jitter.poll(now))
             if self.jitter.keyframe_needed:
@@ -194,36 +255,51 @@ class NetworkStage(Stage):
             self._last_kf_request = now
             self._kf_request_id += 1
             self.counters["keyframe_requests_sent"] += 1
-            req = KeyframeRequest(seq=self.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id)
-            self.link.send(bytes(req))
+            req = KeyframeRequest(
+                seq=self.transport.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id
+            )
+            self.transport.send(req)
             # Requests repeat every interval while the picture is broken: log the first of an episode only.
             level = logging.INFO if now - self._last_kf_log >= 2_000_000_000 else logging.DEBUG
             self._last_kf_log = now
             log.log(level, "network: asked the twin for a keyframe (#%d)", self._kf_request_id)
+        if now >= self._next_feedback:
+            self._next_feedback = now + self.feedback_ns
+            for base_seq, ref_us, arrivals in self.feedback.build(now):
+                fb = TransportFeedback(
+                    seq=self.transport.next_seq(), base_seq=base_seq, ref_arrival_us=ref_us, arrivals=arrivals
+                )
+                self.transport.send(fb)
         if now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive_ns
-            self.link.send(
-                bytes(Keepalive(seq=self.next_seq(), sent_us=now // 1000, session_id=self.session_id))
-            )
+            ka = Keepalive(seq=self.transport.next_seq(), sent_us=now // 1000, session_id=self.session_id)
+            self.transport.send(ka)
         if now >= self._next_report and self.out is not None:
             self._next_report = now + self.report_ns
             report = self.rx_stats.make_report(
-                seq=self.next_seq(),
+                seq=self.transport.next_seq(),
                 stream_id=VIDEO_STREAM,
                 frames_received=self.counters["frames_complete"],
                 frames_lost=self.counters["frames_expired"],
             )
-            self.link.send(bytes(report))
+            self.transport.send(report)
 
     def stats(self) -> dict[str, Any]:
         peer = self.peer_report
+        asm = self.assembler.counters_dict()
+        frames = self.counters["frames_complete"] + self.counters["frames_expired"]
         return {
             **self.counters,
-            "assembler": self.assembler.counters_dict(),
+            "assembler": asm,
             "jitter": self.jitter.counters_dict(),
+            "nack": self.nack.counters_dict(),
             "rtt_ms": None if self.rtt.srtt_us is None else round(self.rtt.srtt_us / 1000, 2),
             "jitter_ms": round(self.rx_stats.jitter_us / 1000, 2),
             "loss_percent": round(self.rx_stats.loss_fraction * 100, 2),
+            "loss_before_recovery": round(self.rx_stats.lost / max(1, self.rx_stats.expected), 5),
+            "loss_after_recovery": round(self.counters["frames_expired"] / max(1, frames), 5),
+            "fec_repaired_fragments": asm.get("fec_recovered_fragments", 0),
+            "retransmitted_fragments_received": asm.get("retransmitted", 0),
             "peer_sees_loss_percent": None if peer is None else round(peer.fraction_lost / 2.56, 1),
             "assembly_ms": self.assembly_ms.snapshot(),
             "capture_to_complete_ms": self.transit_ms.snapshot(),

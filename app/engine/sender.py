@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.engine.link import UdpLink
 from app.engine.metrics import Histogram
 from app.engine.stage import Inbox, Stage
+from app.engine.transport import Transport
 from app.net.fragment import Packetizer
 from app.net.pacer import TokenBucketPacer
+from app.net.protocol import MEDIA_HEADER_SIZE
 from app.video.capture.base import CaptureError, CaptureSource
 from app.video.encoder import VideoEncoder
 from app.video.frames import CapturedFrame, EncodedFrame
@@ -153,13 +154,12 @@ class EncodeStage(Stage):
 
 
 class SendStage(Stage):
-    """Fragments, paces and sends access units (send thread)."""
+    """Fragments, protects, paces and sends access units (send thread)."""
 
     def __init__(
         self,
-        link: UdpLink,
+        transport: Transport,
         inbox: Inbox[EncodedFrame],
-        next_seq: Callable[[], int],
         mtu_payload: int,
         bitrate_kbps: int,
         pacing_factor: float,
@@ -167,49 +167,57 @@ class SendStage(Stage):
         on_error: Callable[[str, BaseException], None],
     ) -> None:
         super().__init__("send", on_error)
-        self.link = link
+        self.transport = transport
         self.inbox = inbox
-        self.next_seq = next_seq
         self.packetizer = Packetizer(VIDEO_STREAM, mtu_payload)
         self.pacing_factor = pacing_factor
         self.pacer = TokenBucketPacer(bitrate_kbps * 1000 * pacing_factor, burst_bytes)
         self.frame_id = 0
         self.frames = 0
         self.packets = 0
+        self.parity_packets = 0
+        self.bytes = 0
         self.paced_ms = Histogram()
         self.sent_ms = Histogram()
         self.sent_log: list[int] | None = None
         """When a list (benchmarks only), the capture time (ns) of every frame sent is appended to it."""
 
-    def set_bitrate(self, kbps: int) -> None:
-        """Follow an encoder bitrate change (any thread)."""
-        self.pacer.set_rate(kbps * 1000 * self.pacing_factor)
+    def set_rate(self, target_bps: float) -> None:
+        """Follow a new congestion-control target (any thread)."""
+        self.pacer.set_rate(target_bps * self.pacing_factor)
 
     def run_once(self) -> None:
         ef = self.inbox.get(timeout=0.1)
         if ef is None:
             return
+        data_count = self.packetizer.fragment_count(len(ef.data))
+        # Parity for very large frames would cost milliseconds before the first packet leaves; they are rare
+        # (the rate buffer caps even keyframes to about one frame's budget) and NACK covers them.
+        parity = self.transport.parity_for(data_count) if data_count <= 128 else 0
         packets = self.packetizer.packetize(
             self.frame_id,
             ef.data,
             keyframe=ef.keyframe,
             capture_us=ef.times.captured // 1000,
-            next_seq=self.next_seq,
+            next_seq=self.transport.next_seq,
+            parity_count=parity,
         )
-        self.frame_id = (self.frame_id + 1) & 0xFFFFFFFF
         start = time.monotonic_ns()
+        self.transport.remember(self.frame_id, packets, start)
+        self.frame_id = (self.frame_id + 1) & 0xFFFFFFFF
         for pkt in packets:
-            data = bytes(pkt)
+            size = len(pkt.payload) + MEDIA_HEADER_SIZE
             now = time.monotonic_ns()
-            wait = self.pacer.delay_ns(now, len(data))
+            wait = self.pacer.delay_ns(now, size)
             if wait > 0:
                 time.sleep(wait / 1e9)
                 now = time.monotonic_ns()
-            self.pacer.consume(now, len(data))
-            self.link.send(data)
+            self.pacer.consume(now, size)
+            self.bytes += self.transport.send(pkt, media=True)
         ef.times.sent = time.monotonic_ns()
         self.frames += 1
         self.packets += len(packets)
+        self.parity_packets += parity
         self.paced_ms.record((ef.times.sent - start) / 1e6)
         self.sent_ms.record((ef.times.sent - ef.times.captured) / 1e6)
         if self.sent_log is not None:
@@ -219,8 +227,9 @@ class SendStage(Stage):
         return {
             "frames": self.frames,
             "packets": self.packets,
-            "bytes": self.link.sent_bytes,
-            "send_errors": self.link.send_errors,
+            "parity_packets": self.parity_packets,
+            "bytes": self.bytes,
+            "send_errors": self.transport.link.send_errors,
             "pacing_ms": self.paced_ms.snapshot(),
             "capture_to_sent_ms": self.sent_ms.snapshot(),
         }

@@ -11,10 +11,14 @@ Parsing is strict and canonical: any byte string either parses into a packet who
 the input, or raises :class:`ProtocolError` — never another exception type. The header carries the
 packet's length, so a truncated datagram (or any strict prefix of a packet) is always rejected, as are
 trailing bytes. Media fragment sizes are fully determined by (frame size, fragment count, fragment index)
-(see :func:`fragment_size`), so a receiver can check every fragment on its own. Building does not validate
-field consistency (that would cost time on the send path); a value out of its field's range raises
-:class:`ProtocolError`. Both directions use precompiled :class:`struct.Struct` objects in network byte order
-and slotted dataclasses: one header unpack, one body unpack and one object per packet. The dataclasses are
+(see :func:`fragment_size`), so a receiver can check every fragment on its own; an FEC parity block is
+exactly as long as the frame's largest data fragment. Building a media packet does not validate field
+consistency (that would cost time on the send path); a value out of its field's range raises
+:class:`ProtocolError`. Building a NACK, FEC or transport-feedback packet applies the same rules as parsing
+it (a handful of compares, next to list packing or Reed–Solomon coding), so whatever is built also parses.
+The variable-length lists (NACK indices, feedback arrivals) are bounded at 256 entries. Both directions use
+precompiled :class:`struct.Struct` objects in network byte order (one per list length for the lists) and
+slotted dataclasses: one header unpack, one body unpack and one object per packet. The dataclasses are
 not frozen because a frozen dataclass costs about 0.6 µs more per packet to construct; treat them as
 immutable all the same.
 """
@@ -54,22 +58,22 @@ class ProtocolError(Exception):
 
 
 class PacketType(IntEnum):
-    """Byte 2 of the header. Numbers 6-9 are reserved (see :data:`RESERVED_PACKET_TYPES`)."""
+    """Byte 2 of the header. Number 7 stays reserved (see :data:`RESERVED_PACKET_TYPES`)."""
 
     MEDIA = 1
     RECEIVER_REPORT = 2
     KEYFRAME_REQUEST = 3
     KEEPALIVE = 4
     KEEPALIVE_ACK = 5
+    NACK = 6
+    FEC = 8
+    TRANSPORT_FEEDBACK = 9
 
 
 RESERVED_PACKET_TYPES: Final[dict[int, str]] = {
-    6: "NACK (retransmission request)",
-    7: "retransmitted media",
-    8: "FEC repair",
-    9: "congestion-control feedback",
+    7: "retransmitted media (unused: a retransmission is a MediaPacket with the RETRANSMIT flag)",
 }
-"""Type numbers set aside for later issues. Version 1 rejects them as unknown."""
+"""Type numbers set aside and rejected as unknown."""
 
 
 class MediaFlags(IntFlag):
@@ -82,6 +86,15 @@ class MediaFlags(IntFlag):
     """Reserved: the frame completes an intra refresh (the decodable chain restarts here)."""
     DISCARDABLE = 0x04
     """Reserved: no later frame references this one."""
+    RETRANSMIT = 0x08
+    """This packet is a retransmission (an answer to a :class:`Nack`) of a fragment sent before, under a new
+    packet seq. Unlike the other bits it describes the packet, not the frame: a receiver treats the fragment
+    exactly like the original and ignores this bit when it checks that a frame's packets agree."""
+
+
+FRAME_FLAGS_MASK: Final = 0xFF & ~int(MediaFlags.RETRANSMIT)
+"""Media flag bits that describe the frame (all but :attr:`MediaFlags.RETRANSMIT`): every packet of a frame
+carries the same ``flags & FRAME_FLAGS_MASK``."""
 
 
 class StreamId(IntEnum):
@@ -100,6 +113,12 @@ _KEYFRAME_REQUEST = struct.Struct("!BBBBHBBII")
 _KEYFRAME_REQUEST_BODY = struct.Struct("!I")
 _KEEPALIVE = struct.Struct("!BBBBHBBIQI")
 _KEEPALIVE_BODY = struct.Struct("!QI")
+_NACK = struct.Struct("!BBBBHBBIIH")
+_NACK_BODY = struct.Struct("!IH")
+_FEC = struct.Struct("!BBBBHBBIIBBHIQ")
+_FEC_BODY = struct.Struct("!IBBHIQ")
+_FEEDBACK = struct.Struct("!BBBBHBBIIQH")
+_FEEDBACK_BODY = struct.Struct("!IQH")
 
 RECEIVER_REPORT_SIZE: Final = _REPORT.size
 """Bytes in a receiver report (41)."""
@@ -108,7 +127,28 @@ KEYFRAME_REQUEST_SIZE: Final = _KEYFRAME_REQUEST.size
 KEEPALIVE_SIZE: Final = _KEEPALIVE.size
 """Bytes in a keepalive and in a keepalive ack (24)."""
 
-assert _HEADER.size == HEADER_SIZE and _MEDIA.size == MEDIA_HEADER_SIZE
+NACK_HEADER_SIZE: Final = _NACK.size
+"""Bytes in a NACK before its fragment indices (18); each index adds 2."""
+MAX_NACK_INDICES: Final = 256
+"""Most fragment indices one NACK carries."""
+FEC_HEADER_SIZE: Final = _FEC.size
+"""Bytes before an FEC packet's parity block (32, as for media, so parity fits the same MTU budget)."""
+MAX_FEC_BLOCKS: Final = 256
+"""Most data + parity blocks of one frame (the Reed–Solomon code works in GF(2^8))."""
+FEEDBACK_HEADER_SIZE: Final = _FEEDBACK.size
+"""Bytes in a transport-feedback packet before its arrival offsets (26); each offset adds 4."""
+MAX_FEEDBACK_ARRIVALS: Final = 256
+"""Most packets one transport-feedback packet covers."""
+NOT_RECEIVED: Final = 0xFFFFFFFF
+"""Arrival offset on the wire of a packet not received (yet); offsets proper are below it."""
+
+# One precompiled struct per list length: packing and unpacking a list is then one C call.
+_U16_LISTS: Final = tuple(struct.Struct(f"!{n}H") for n in range(MAX_NACK_INDICES + 1))
+_U32_LISTS: Final = tuple(struct.Struct(f"!{n}I") for n in range(MAX_FEEDBACK_ARRIVALS + 1))
+
+assert (
+    _HEADER.size == HEADER_SIZE and _MEDIA.size == MEDIA_HEADER_SIZE and FEC_HEADER_SIZE == MEDIA_HEADER_SIZE
+)
 
 
 def fragment_size(frame_size: int, fragment_count: int, fragment_index: int) -> int:
@@ -347,7 +387,186 @@ class KeepaliveAck:
         return _parse_as(cls, data)
 
 
-Packet = MediaPacket | ReceiverReport | KeyframeRequest | Keepalive | KeepaliveAck
+@dataclass(slots=True)
+class Nack:
+    """Asks the media sender to retransmit some data fragments of one frame (type 6)."""
+
+    seq: int
+    """Packet sequence number (u32)."""
+    stream_id: int
+    """Stream (u8) of the frame."""
+    frame_id: int
+    """Frame (u32) whose fragments are missing."""
+    missing: tuple[int, ...]
+    """Data fragment indices to resend: 1 to 256 of them, strictly increasing, each below 65535."""
+    flags: int = 0
+    """No flags are defined (u8); sent as 0."""
+
+    def __bytes__(self) -> bytes:
+        missing = self.missing
+        _check_nack_indices(missing)
+        count = len(missing)
+        try:
+            return _NACK.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.NACK,
+                PLAINTEXT_EPOCH,
+                NACK_HEADER_SIZE + 2 * count,
+                self.flags,
+                self.stream_id,
+                self.seq,
+                self.frame_id,
+                count,
+            ) + _U16_LISTS[count].pack(*missing)
+        except struct.error as exc:
+            raise ProtocolError(f"Nack: cannot encode: {exc}") from None
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be a NACK."""
+        return _parse_as(cls, data)
+
+
+@dataclass(slots=True)
+class FecPacket:
+    """One Reed–Solomon parity block over the data fragments of a frame (type 8). Sizes in bytes.
+
+    The frame's ``data_count`` fragments, each zero-padded to ``block_size``, are blocks 0..k−1 of a
+    systematic (k + m, k) code; this packet is block k + ``parity_index``. Any k of the k + m blocks rebuild
+    the frame (:func:`app.net.fec.fec_recover`).
+    """
+
+    seq: int
+    """Packet sequence number (u32)."""
+    stream_id: int
+    """Stream (u8) of the frame."""
+    frame_id: int
+    """Frame id (u32) of the protected frame."""
+    data_count: int
+    """Data fragments of the frame, k (the media packets' ``fragment_count``), 1..255."""
+    parity_count: int
+    """Parity blocks sent for the frame, m ≥ 1, with k + m ≤ 256."""
+    parity_index: int
+    """Which parity block this is, below ``parity_count``."""
+    frame_size: int
+    """Total bytes of the frame (as in its media packets, 1..16 MiB)."""
+    block_size: int
+    """Length of every block: the largest data fragment, ``fragment_size(frame_size, data_count, 0)``. Not
+    sent on the wire: it is the payload's length."""
+    capture_us: int
+    """Sender's CLOCK_MONOTONIC µs when the picture was captured (as in its media packets, u64)."""
+    payload: bytes | memoryview
+    """The parity block, exactly ``block_size`` bytes."""
+    flags: int = 0
+    """The frame's :class:`MediaFlags` (KEYFRAME mirrors the media packets'; u8)."""
+
+    @property
+    def keyframe(self) -> bool:
+        """True when the protected frame is a keyframe (IDR)."""
+        return bool(self.flags & MediaFlags.KEYFRAME)
+
+    def pack_header(self) -> bytes:
+        """The 32 bytes before the parity block, for scatter-gather sends."""
+        if len(self.payload) != self.block_size:
+            raise ProtocolError(
+                f"FecPacket: payload is {len(self.payload)} bytes, block size is {self.block_size}"
+            )
+        _check_fec(self.data_count, self.parity_count, self.parity_index, self.frame_size, self.block_size)
+        try:
+            return _FEC.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.FEC,
+                PLAINTEXT_EPOCH,
+                FEC_HEADER_SIZE + self.block_size,
+                self.flags,
+                self.stream_id,
+                self.seq,
+                self.frame_id,
+                self.parity_index,
+                self.parity_count,
+                self.data_count,
+                self.frame_size,
+                self.capture_us,
+            )
+        except struct.error as exc:
+            raise ProtocolError(f"FecPacket: cannot encode: {exc}") from None
+
+    def __bytes__(self) -> bytes:
+        return self.pack_header() + self.payload
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be an FEC packet."""
+        return _parse_as(cls, data)
+
+
+@dataclass(slots=True)
+class TransportFeedback:
+    """When each of a run of the peer's packets arrived (type 9), for congestion control. Times in µs.
+
+    Covers packet seqs ``base_seq`` … ``base_seq + len(arrivals) − 1`` (mod 2**32) of all the packets the
+    peer sent, whatever their type.
+    """
+
+    seq: int
+    """Packet sequence number (u32) of this feedback."""
+    base_seq: int
+    """The peer's packet seq (u32) that ``arrivals[0]`` is about."""
+    ref_arrival_us: int
+    """Reference time (u64): the feedback sender's CLOCK_MONOTONIC µs that the offsets are relative to."""
+    arrivals: tuple[int | None, ...]
+    """Arrival of packet ``base_seq + i``, µs after ``ref_arrival_us`` (0 ≤ offset < 0xFFFFFFFF), or None
+    when it has not been received (yet). 1 to 256 entries."""
+    flags: int = 0
+    """No flags are defined (u8); sent as 0."""
+
+    def __bytes__(self) -> bytes:
+        arrivals = self.arrivals
+        count = len(arrivals)
+        if not 1 <= count <= MAX_FEEDBACK_ARRIVALS:
+            raise ProtocolError(f"TransportFeedback: {count} arrivals, expected 1..{MAX_FEEDBACK_ARRIVALS}")
+        offsets = [NOT_RECEIVED if a is None else a for a in arrivals]
+        for a in arrivals:
+            # An offset of NOT_RECEIVED itself would come back as None: refuse it rather than change meaning.
+            if a is not None and not 0 <= a < NOT_RECEIVED:
+                raise ProtocolError(
+                    f"TransportFeedback: arrival offset {a} µs is out of range 0..{NOT_RECEIVED - 1}"
+                )
+        try:
+            return _FEEDBACK.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.TRANSPORT_FEEDBACK,
+                PLAINTEXT_EPOCH,
+                FEEDBACK_HEADER_SIZE + 4 * count,
+                self.flags,
+                0,
+                self.seq,
+                self.base_seq,
+                self.ref_arrival_us,
+                count,
+            ) + _U32_LISTS[count].pack(*offsets)
+        except struct.error as exc:
+            raise ProtocolError(f"TransportFeedback: cannot encode: {exc}") from None
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be a transport-feedback packet."""
+        return _parse_as(cls, data)
+
+
+Packet = (
+    MediaPacket
+    | ReceiverReport
+    | KeyframeRequest
+    | Keepalive
+    | KeepaliveAck
+    | Nack
+    | FecPacket
+    | TransportFeedback
+)
 """Any version-1 packet."""
 
 _Data = bytes | bytearray | memoryview
@@ -378,6 +597,52 @@ def _parse_media(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> M
     return MediaPacket(
         seq, stream_id, frame_id, index, count, frame_size, capture_us, bytes(data[MEDIA_HEADER_SIZE:]), flags
     )
+
+
+def _check_nack_indices(missing: tuple[int, ...]) -> None:
+    """Raise :class:`ProtocolError` unless ``missing`` is 1..256 strictly increasing indices below 65535."""
+    count = len(missing)
+    if not 1 <= count <= MAX_NACK_INDICES:
+        raise ProtocolError(f"Nack: {count} fragment indices, expected 1..{MAX_NACK_INDICES}")
+    if missing[0] < 0:
+        raise ProtocolError(f"Nack: fragment index {missing[0]} is negative")
+    previous = -1
+    for index in missing:
+        if index <= previous:
+            raise ProtocolError(
+                f"Nack: fragment indices are not strictly increasing ({index} after {previous})"
+            )
+        previous = index
+    if previous >= MAX_FRAGMENTS:
+        raise ProtocolError(f"Nack: fragment index {previous} is not below {MAX_FRAGMENTS}")
+
+
+def _check_fec(
+    data_count: int, parity_count: int, parity_index: int, frame_size: int, block_size: int
+) -> None:
+    """Raise :class:`ProtocolError` unless the fields describe a valid parity block (PROTOCOL.md §6.1)."""
+    if data_count < 1:
+        raise ProtocolError(f"FecPacket: data count {data_count} is below 1")
+    if parity_count < 1:
+        raise ProtocolError(f"FecPacket: parity count {parity_count} is below 1")
+    if data_count + parity_count > MAX_FEC_BLOCKS:
+        raise ProtocolError(
+            f"FecPacket: {data_count} data + {parity_count} parity blocks exceed {MAX_FEC_BLOCKS}"
+        )
+    if not 0 <= parity_index < parity_count:
+        raise ProtocolError(
+            f"FecPacket: parity index {parity_index} is not below parity count {parity_count}"
+        )
+    if not 0 < frame_size <= MAX_FRAME_SIZE:
+        raise ProtocolError(f"FecPacket: frame size {frame_size} is out of range 1..{MAX_FRAME_SIZE}")
+    if data_count > frame_size:
+        raise ProtocolError(f"FecPacket: data count {data_count} exceeds frame size {frame_size}")
+    expected = fragment_size(frame_size, data_count, 0)
+    if block_size != expected:
+        raise ProtocolError(
+            f"FecPacket: block is {block_size} bytes, expected {expected} "
+            f"(frame size {frame_size}, data count {data_count})"
+        )
 
 
 def _parse_report(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> ReceiverReport:
@@ -416,6 +681,63 @@ def _parse_keepalive_ack(data: _Data, n: int, flags: int, stream_id: int, seq: i
     return KeepaliveAck(seq, echo_us, hold_us, flags)
 
 
+def _parse_nack(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> Nack:
+    if n < NACK_HEADER_SIZE:
+        raise ProtocolError(f"Nack: {n} bytes, shorter than its {NACK_HEADER_SIZE}-byte header")
+    frame_id, count = _NACK_BODY.unpack_from(data, HEADER_SIZE)
+    if not 1 <= count <= MAX_NACK_INDICES:
+        raise ProtocolError(f"Nack: {count} fragment indices, expected 1..{MAX_NACK_INDICES}")
+    if n != NACK_HEADER_SIZE + 2 * count:
+        raise ProtocolError(f"Nack: length {n}, expected {NACK_HEADER_SIZE + 2 * count} (count {count})")
+    missing: tuple[int, ...] = _U16_LISTS[count].unpack_from(data, NACK_HEADER_SIZE)
+    _check_nack_indices(missing)
+    return Nack(seq, stream_id, frame_id, missing, flags)
+
+
+def _parse_fec(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> FecPacket:
+    if n < FEC_HEADER_SIZE:
+        raise ProtocolError(f"FecPacket: {n} bytes, shorter than its {FEC_HEADER_SIZE}-byte header")
+    if n > MAX_DATAGRAM:
+        raise ProtocolError(f"FecPacket: {n} bytes, longer than the {MAX_DATAGRAM}-byte maximum datagram")
+    frame_id, parity_index, parity_count, data_count, frame_size, capture_us = _FEC_BODY.unpack_from(
+        data, HEADER_SIZE
+    )
+    block_size = n - FEC_HEADER_SIZE
+    _check_fec(data_count, parity_count, parity_index, frame_size, block_size)
+    return FecPacket(
+        seq,
+        stream_id,
+        frame_id,
+        data_count,
+        parity_count,
+        parity_index,
+        frame_size,
+        block_size,
+        capture_us,
+        bytes(data[FEC_HEADER_SIZE:]),
+        flags,
+    )
+
+
+def _parse_feedback(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> TransportFeedback:
+    if n < FEEDBACK_HEADER_SIZE:
+        raise ProtocolError(
+            f"TransportFeedback: {n} bytes, shorter than its {FEEDBACK_HEADER_SIZE}-byte header"
+        )
+    if stream_id != 0:
+        raise ProtocolError(f"TransportFeedback: stream id must be 0, got {stream_id}")
+    base_seq, ref_arrival_us, count = _FEEDBACK_BODY.unpack_from(data, HEADER_SIZE)
+    if not 1 <= count <= MAX_FEEDBACK_ARRIVALS:
+        raise ProtocolError(f"TransportFeedback: {count} arrivals, expected 1..{MAX_FEEDBACK_ARRIVALS}")
+    if n != FEEDBACK_HEADER_SIZE + 4 * count:
+        raise ProtocolError(
+            f"TransportFeedback: length {n}, expected {FEEDBACK_HEADER_SIZE + 4 * count} (count {count})"
+        )
+    offsets: tuple[int, ...] = _U32_LISTS[count].unpack_from(data, FEEDBACK_HEADER_SIZE)
+    arrivals = tuple(None if offset == NOT_RECEIVED else offset for offset in offsets)
+    return TransportFeedback(seq, base_seq, ref_arrival_us, arrivals, flags)
+
+
 # Indexed by type number; a dict lookup is the whole dispatch.
 _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packet]]]] = {
     PacketType.MEDIA: ("MediaPacket", _parse_media),
@@ -423,6 +745,9 @@ _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packe
     PacketType.KEYFRAME_REQUEST: ("KeyframeRequest", _parse_keyframe_request),
     PacketType.KEEPALIVE: ("Keepalive", _parse_keepalive),
     PacketType.KEEPALIVE_ACK: ("KeepaliveAck", _parse_keepalive_ack),
+    PacketType.NACK: ("Nack", _parse_nack),
+    PacketType.FEC: ("FecPacket", _parse_fec),
+    PacketType.TRANSPORT_FEEDBACK: ("TransportFeedback", _parse_feedback),
 }
 
 
@@ -430,8 +755,8 @@ def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
     """Parse one datagram into a packet, or raise :class:`ProtocolError` saying what is wrong.
 
     Checks, in order: length of the header, magic, version, type, key epoch, the length field against the
-    datagram's length, then the type's own rules. The payload of a media packet is copied out of ``data``, so
-    a receive buffer may be reused afterwards.
+    datagram's length, then the type's own rules. The payload of a media or FEC packet is copied out of
+    ``data``, so a receive buffer may be reused afterwards.
     """
     n = len(data)
     if n < HEADER_SIZE:

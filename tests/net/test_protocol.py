@@ -15,26 +15,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.net.protocol import (
+    FEC_HEADER_SIZE,
+    FEEDBACK_HEADER_SIZE,
+    FRAME_FLAGS_MASK,
     HEADER_SIZE,
     KEEPALIVE_SIZE,
     KEYFRAME_REQUEST_SIZE,
     MAGIC,
     MAX_DATAGRAM,
+    MAX_FEC_BLOCKS,
+    MAX_FEEDBACK_ARRIVALS,
     MAX_FRAGMENTS,
     MAX_FRAME_SIZE,
+    MAX_NACK_INDICES,
     MEDIA_HEADER_SIZE,
+    NACK_HEADER_SIZE,
+    NOT_RECEIVED,
     PROTOCOL_VERSION,
     RECEIVER_REPORT_SIZE,
     RESERVED_PACKET_TYPES,
+    FecPacket,
     Keepalive,
     KeepaliveAck,
     KeyframeRequest,
     MediaFlags,
     MediaPacket,
+    Nack,
     Packet,
     PacketType,
     ProtocolError,
     ReceiverReport,
+    TransportFeedback,
     fragment_offset,
     fragment_size,
     parse_packet,
@@ -70,7 +81,28 @@ GOLDEN: dict[str, Packet] = {
     "keyframe_request": KeyframeRequest(seq=7, stream_id=0, request_id=42),
     "keepalive": Keepalive(seq=8, sent_us=123_456_789_012, session_id=0xCAFEF00D),
     "keepalive_ack": KeepaliveAck(seq=9, echo_us=123_456_789_012, hold_us=150),
+    "nack": Nack(seq=10, stream_id=0, frame_id=0x0A0B0C0D, missing=(1, 5, 300)),
+    # Parity block 1 of 2 over the 50-byte keyframe whose fragment 1 is media.bin (see GOLDEN_FEC_FRAME).
+    "fec": FecPacket(
+        seq=11,
+        stream_id=0,
+        frame_id=0x0A0B0C0D,
+        data_count=3,
+        parity_count=2,
+        parity_index=1,
+        frame_size=50,
+        block_size=17,
+        capture_us=0x0001020304050607,
+        payload=bytes.fromhex("8470183be806b5bd21bbfce5c5797f409a"),
+        flags=MediaFlags.KEYFRAME,
+    ),
+    "transport_feedback": TransportFeedback(
+        seq=12, base_seq=0xFFFFFFFE, ref_arrival_us=123_456_789_012, arrivals=(0, 250, None, 1_000_000)
+    ),
 }
+
+GOLDEN_FEC_FRAME = b"A golden frame, !" + b"Doorway fragment!" + b"0123456789abcdef"
+"""The frame golden/fec.bin protects (tests/net/test_fec.py checks the parity against zfec)."""
 
 
 def header(
@@ -84,6 +116,21 @@ def media_bytes(index: int, count: int, frame_size: int, payload: bytes, frame_i
     return header(PacketType.MEDIA, MEDIA_HEADER_SIZE + len(payload)) + body + payload
 
 
+def nack_bytes(count: int, indices: tuple[int, ...]) -> bytes:
+    body = struct.pack("!IH", 7, count) + struct.pack(f"!{len(indices)}H", *indices)
+    return header(PacketType.NACK, HEADER_SIZE + len(body)) + body
+
+
+def fec_bytes(index: int, count: int, data_count: int, frame_size: int, payload: bytes) -> bytes:
+    body = struct.pack("!IBBHIQ", 7, index, count, data_count, frame_size, 99)
+    return header(PacketType.FEC, FEC_HEADER_SIZE + len(payload)) + body + payload
+
+
+def feedback_bytes(count: int, offsets: tuple[int, ...], stream: int = 0) -> bytes:
+    body = struct.pack("!IQH", 100, 5000, count) + struct.pack(f"!{len(offsets)}I", *offsets)
+    return header(PacketType.TRANSPORT_FEEDBACK, HEADER_SIZE + len(body), stream=stream) + body
+
+
 def test_sizes() -> None:
     assert HEADER_SIZE == 12
     assert MEDIA_HEADER_SIZE == 32
@@ -91,13 +138,23 @@ def test_sizes() -> None:
     assert KEYFRAME_REQUEST_SIZE == 16
     assert KEEPALIVE_SIZE == 24
     assert MAX_DATAGRAM == 65507
+    assert NACK_HEADER_SIZE == 18
+    assert FEC_HEADER_SIZE == 32
+    assert FEEDBACK_HEADER_SIZE == 26
+    assert MAX_NACK_INDICES == MAX_FEEDBACK_ARRIVALS == MAX_FEC_BLOCKS == 256
     assert {name: len(bytes(p)) for name, p in GOLDEN.items()} == {
         "media": 49,
         "receiver_report": 41,
         "keyframe_request": 16,
         "keepalive": 24,
         "keepalive_ack": 24,
+        "nack": 24,
+        "fec": 49,
+        "transport_feedback": 42,
     }
+    # The largest NACK and feedback stay well inside one MTU.
+    assert len(bytes(Nack(1, 0, 1, tuple(range(MAX_NACK_INDICES))))) == 530
+    assert len(bytes(TransportFeedback(1, 0, 0, (None,) * MAX_FEEDBACK_ARRIVALS))) == 1050
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -127,8 +184,23 @@ def test_golden_media_layout() -> None:
     )
 
 
-def test_protocol_md_shows_the_golden_media_packet() -> None:
-    data = (GOLDEN_DIR / "media.bin").read_bytes()
+def test_golden_new_type_layouts() -> None:
+    assert (GOLDEN_DIR / "nack.bin").read_bytes().hex(" ") == (
+        "d0 01 06 00 00 18 00 00 00 00 00 0a 0a 0b 0c 0d 00 03 00 01 00 05 01 2c"
+    )
+    assert (GOLDEN_DIR / "fec.bin").read_bytes().hex(" ") == (
+        "d0 01 08 00 00 31 01 00 00 00 00 0b 0a 0b 0c 0d 01 02 00 03 00 00 00 32 "
+        "00 01 02 03 04 05 06 07 84 70 18 3b e8 06 b5 bd 21 bb fc e5 c5 79 7f 40 9a"
+    )
+    assert (GOLDEN_DIR / "transport_feedback.bin").read_bytes().hex(" ") == (
+        "d0 01 09 00 00 2a 00 00 00 00 00 0c ff ff ff fe 00 00 00 1c be 99 1a 14 00 04 "
+        "00 00 00 00 00 00 00 fa ff ff ff ff 00 0f 42 40"
+    )
+
+
+@pytest.mark.parametrize("name", ["media", "nack"])
+def test_protocol_md_shows_the_golden_packets(name: str) -> None:
+    data = (GOLDEN_DIR / f"{name}.bin").read_bytes()
     rows = [
         f"{data[i : i + 8].hex(' ')}  {data[i + 8 : i + 16].hex(' ')}".rstrip()
         for i in range(0, len(data), 16)
@@ -160,7 +232,8 @@ ERRORS: list[tuple[bytes, str]] = [
     (b"GET / HTTP/1.1\r\n", "bad magic 0x47, expected 0xd0"),
     (b"\xd0\x02" + bytes(10), "unsupported version 2, expected 1"),
     (header(0, 12), "unknown packet type 0"),
-    (header(6, 12), "unknown packet type 6"),
+    (header(7, 12), "unknown packet type 7"),
+    (header(10, 12), "unknown packet type 10"),
     (header(255, 12), "unknown packet type 255"),
     (
         header(PacketType.KEEPALIVE, 24, epoch=1) + bytes(12),
@@ -203,6 +276,51 @@ ERRORS: list[tuple[bytes, str]] = [
         media_bytes(2, 3, 50, b"x" * 17),
         "MediaPacket: payload is 17 bytes, fragment 2 of 3 of a 50-byte frame must be 16",
     ),
+    # NACK
+    (header(PacketType.NACK, 16) + bytes(4), "Nack: 16 bytes, shorter than its 18-byte header"),
+    (nack_bytes(0, ()), "Nack: 0 fragment indices, expected 1..256"),
+    (nack_bytes(257, tuple(range(257))), "Nack: 257 fragment indices, expected 1..256"),
+    (nack_bytes(2, (1,)), "Nack: length 20, expected 22 (count 2)"),
+    (nack_bytes(1, (1, 2)), "Nack: length 22, expected 20 (count 1)"),
+    (nack_bytes(2, (5, 5)), "Nack: fragment indices are not strictly increasing (5 after 5)"),
+    (nack_bytes(3, (1, 9, 4)), "Nack: fragment indices are not strictly increasing (4 after 9)"),
+    (nack_bytes(2, (1, 65535)), "Nack: fragment index 65535 is not below 65535"),
+    (
+        header(PacketType.NACK, 20, epoch=3) + nack_bytes(1, (1,))[HEADER_SIZE:],
+        "Nack: unsupported key epoch 3 (encryption is not implemented)",
+    ),
+    # FEC
+    (header(PacketType.FEC, 20) + bytes(8), "FecPacket: 20 bytes, shorter than its 32-byte header"),
+    (fec_bytes(0, 1, 0, 10, b"x"), "FecPacket: data count 0 is below 1"),
+    (fec_bytes(0, 0, 1, 10, b"x" * 10), "FecPacket: parity count 0 is below 1"),
+    (fec_bytes(0, 57, 200, 4000, b"x" * 20), "FecPacket: 200 data + 57 parity blocks exceed 256"),
+    (fec_bytes(0, 1, 300, 4000, b"x" * 14), "FecPacket: 300 data + 1 parity blocks exceed 256"),
+    (fec_bytes(2, 2, 3, 50, b"x" * 17), "FecPacket: parity index 2 is not below parity count 2"),
+    (fec_bytes(0, 1, 1, 0, b"x"), "FecPacket: frame size 0 is out of range 1..16777216"),
+    (
+        fec_bytes(0, 1, 1, MAX_FRAME_SIZE + 1, b"x"),
+        "FecPacket: frame size 16777217 is out of range 1..16777216",
+    ),
+    (fec_bytes(0, 1, 5, 3, b"x"), "FecPacket: data count 5 exceeds frame size 3"),
+    (
+        fec_bytes(0, 2, 3, 50, b"x" * 16),
+        "FecPacket: block is 16 bytes, expected 17 (frame size 50, data count 3)",
+    ),
+    (
+        fec_bytes(1, 2, 3, 51, b"x" * 18),
+        "FecPacket: block is 18 bytes, expected 17 (frame size 51, data count 3)",
+    ),
+    (fec_bytes(0, 1, 1, 5, b""), "FecPacket: block is 0 bytes, expected 5 (frame size 5, data count 1)"),
+    # Transport feedback
+    (
+        header(PacketType.TRANSPORT_FEEDBACK, 20) + bytes(8),
+        "TransportFeedback: 20 bytes, shorter than its 26-byte header",
+    ),
+    (feedback_bytes(1, (0,), stream=1), "TransportFeedback: stream id must be 0, got 1"),
+    (feedback_bytes(0, ()), "TransportFeedback: 0 arrivals, expected 1..256"),
+    (feedback_bytes(257, (0,) * 257), "TransportFeedback: 257 arrivals, expected 1..256"),
+    (feedback_bytes(2, (0,)), "TransportFeedback: length 30, expected 34 (count 2)"),
+    (feedback_bytes(1, (0, 1)), "TransportFeedback: length 34, expected 30 (count 1)"),
 ]
 
 
@@ -221,10 +339,60 @@ def test_oversize_media_datagram() -> None:
     assert str(err.value) == "MediaPacket: 65508 bytes, longer than the 65507-byte maximum datagram"
 
 
+def test_oversize_fec_datagram() -> None:
+    payload = b"x" * (MAX_DATAGRAM - FEC_HEADER_SIZE + 1)
+    with pytest.raises(ProtocolError) as err:
+        parse_packet(fec_bytes(0, 1, 1, len(payload), payload))
+    assert str(err.value) == "FecPacket: 65508 bytes, longer than the 65507-byte maximum datagram"
+    largest = b"y" * (MAX_DATAGRAM - FEC_HEADER_SIZE)
+    pkt = parse_packet(fec_bytes(0, 1, 1, len(largest), largest))
+    assert isinstance(pkt, FecPacket) and pkt.block_size == len(largest)
+
+
 def test_largest_media_datagram_parses() -> None:
     payload = b"y" * (MAX_DATAGRAM - MEDIA_HEADER_SIZE)
     pkt = parse_packet(media_bytes(0, 1, len(payload), payload))
     assert isinstance(pkt, MediaPacket) and len(bytes(pkt)) == MAX_DATAGRAM
+
+
+def test_new_types_and_flags() -> None:
+    assert (PacketType.NACK, PacketType.FEC, PacketType.TRANSPORT_FEEDBACK) == (6, 8, 9)
+    assert set(RESERVED_PACKET_TYPES) == {7}
+    # The new flag takes a bit of its own; the frame mask drops only it, reserved bits included.
+    assert MediaFlags.RETRANSMIT == 0x08
+    assert (
+        MediaFlags.RETRANSMIT & (MediaFlags.KEYFRAME | MediaFlags.RECOVERY_POINT | MediaFlags.DISCARDABLE)
+        == 0
+    )
+    assert FRAME_FLAGS_MASK == 0xF7 and type(FRAME_FLAGS_MASK) is int
+    # A retransmission is a media packet under a new seq with the flag set; it round-trips.
+    media = GOLDEN["media"]
+    assert isinstance(media, MediaPacket)
+    again = MediaPacket(
+        0x01020399,
+        media.stream_id,
+        media.frame_id,
+        media.fragment_index,
+        media.fragment_count,
+        media.frame_size,
+        media.capture_us,
+        media.payload,
+        media.flags | MediaFlags.RETRANSMIT,
+    )
+    parsed = parse_packet(bytes(again))
+    assert parsed == again and isinstance(parsed, MediaPacket)
+    assert parsed.flags & FRAME_FLAGS_MASK == media.flags
+    fec = GOLDEN["fec"]
+    assert isinstance(fec, FecPacket) and fec.keyframe
+    assert fec.pack_header() + fec.payload == bytes(fec)
+    assert not FecPacket(1, 0, 1, 1, 1, 0, 3, 3, 0, b"abc").keyframe
+    assert bytes(FecPacket(1, 0, 1, 1, 1, 0, 3, 3, 0, memoryview(b"abc"))) == bytes(
+        FecPacket(1, 0, 1, 1, 1, 0, 3, 3, 0, b"abc")
+    )
+    feedback = TransportFeedback.parse(bytes(GOLDEN["transport_feedback"]))
+    assert feedback.arrivals == (0, 250, None, 1_000_000)
+    assert NOT_RECEIVED == 0xFFFFFFFF
+    assert bytes(TransportFeedback(1, 0, 0, (NOT_RECEIVED - 1,))).endswith(b"\xff\xff\xff\xfe")
 
 
 def test_reserved_types_are_unknown() -> None:
@@ -243,6 +411,33 @@ def test_reserved_types_are_unknown() -> None:
         (ReceiverReport(1, 0, 0, 0, 0, 256, 0, 0, 0), "ReceiverReport: cannot encode: "),
         (MediaPacket(1, 256, 0, 0, 1, 1, 0, b"x"), "MediaPacket: cannot encode: "),
         (MediaPacket(1, 0, 0, 0, 1, 1, 0, b"x" * 70000), "MediaPacket: cannot encode: "),
+        (Nack(1, 0, 0, ()), "Nack: 0 fragment indices, expected 1..256"),
+        (Nack(1, 0, 0, tuple(range(257))), "Nack: 257 fragment indices, expected 1..256"),
+        (Nack(1, 0, 0, (-1, 2)), "Nack: fragment index -1 is negative"),
+        (Nack(1, 0, 0, (2, 2)), "Nack: fragment indices are not strictly increasing (2 after 2)"),
+        (Nack(1, 0, 0, (70000,)), "Nack: fragment index 70000 is not below 65535"),
+        (Nack(-1, 0, 0, (1,)), "Nack: cannot encode: "),
+        (Nack(1, 256, 0, (1,)), "Nack: cannot encode: "),
+        (FecPacket(1, 0, 1, 3, 2, 0, 50, 17, 0, b"abc"), "FecPacket: payload is 3 bytes, block size is 17"),
+        (
+            FecPacket(1, 0, 1, 3, 2, 0, 50, 16, 0, b"x" * 16),
+            "FecPacket: block is 16 bytes, expected 17 (frame size 50, data count 3)",
+        ),
+        (FecPacket(1, 0, 1, 3, 2, 2, 50, 17, 0, b"x" * 17), "FecPacket: parity index 2 is not below"),
+        (FecPacket(1, 0, 1, 3, 2, -1, 50, 17, 0, b"x" * 17), "FecPacket: parity index -1 is not below"),
+        (FecPacket(1, 0, 1, 3, 254, 0, 50, 17, 0, b"x" * 17), "FecPacket: 3 data + 254 parity blocks"),
+        (FecPacket(1, 0, 1, -3, 2, 0, 50, 17, 0, b"x" * 17), "FecPacket: data count -3 is below 1"),
+        (FecPacket(1 << 32, 0, 1, 3, 2, 0, 50, 17, 0, b"x" * 17), "FecPacket: cannot encode: "),
+        (FecPacket(1, 0, 1, 3, 2, 0, 50, 17, -5, b"x" * 17), "FecPacket: cannot encode: "),
+        (TransportFeedback(1, 0, 0, ()), "TransportFeedback: 0 arrivals, expected 1..256"),
+        (TransportFeedback(1, 0, 0, (None,) * 257), "TransportFeedback: 257 arrivals, expected 1..256"),
+        (
+            TransportFeedback(1, 0, 0, (1, NOT_RECEIVED)),
+            "TransportFeedback: arrival offset 4294967295 µs is out of range 0..4294967294",
+        ),
+        (TransportFeedback(1, 0, 0, (-1,)), "TransportFeedback: arrival offset -1 µs is out of range"),
+        (TransportFeedback(1, 0, 1 << 64, (1,)), "TransportFeedback: cannot encode: "),
+        (TransportFeedback(1, 0, 0, (1,), flags=256), "TransportFeedback: cannot encode: "),
     ],
 )
 def test_encode_out_of_range_raises_protocol_error(pkt: Packet, message: str) -> None:
@@ -286,8 +481,54 @@ def media_packets(draw: st.DrawFn) -> MediaPacket:
     return MediaPacket(draw(u32), draw(u8), draw(u32), index, count, frame_size, draw(u64), payload, draw(u8))
 
 
+@st.composite
+def fec_packets(draw: st.DrawFn) -> FecPacket:
+    data_count = draw(st.integers(1, MAX_FEC_BLOCKS - 1))
+    parity_count = draw(st.integers(1, MAX_FEC_BLOCKS - data_count))
+    frame_size = draw(st.integers(data_count, min(MAX_FRAME_SIZE, data_count * 40)))
+    block_size = fragment_size(frame_size, data_count, 0)
+    payload = draw(st.binary(min_size=1, max_size=1)) * block_size
+    return FecPacket(
+        draw(u32),
+        draw(u8),
+        draw(u32),
+        data_count,
+        parity_count,
+        draw(st.integers(0, parity_count - 1)),
+        frame_size,
+        block_size,
+        draw(u64),
+        payload,
+        draw(u8),
+    )
+
+
+nacks = st.builds(
+    Nack,
+    u32,
+    u8,
+    u32,
+    st.lists(st.integers(0, MAX_FRAGMENTS - 1), min_size=1, max_size=MAX_NACK_INDICES, unique=True).map(
+        lambda xs: tuple(sorted(xs))
+    ),
+    u8,
+)
+feedbacks = st.builds(
+    TransportFeedback,
+    u32,
+    u32,
+    u64,
+    st.lists(
+        st.one_of(st.none(), st.integers(0, NOT_RECEIVED - 1)), min_size=1, max_size=MAX_FEEDBACK_ARRIVALS
+    ).map(tuple),
+    u8,
+)
+
 packets: st.SearchStrategy[Packet] = st.one_of(
     media_packets(),
+    fec_packets(),
+    nacks,
+    feedbacks,
     st.builds(ReceiverReport, u32, u8, u32, u32, u32, u8, u32, u32, u32, u32, u8),
     st.builds(KeyframeRequest, u32, u8, u32, u8),
     st.builds(Keepalive, u32, u64, u32, u8),
