@@ -1,9 +1,10 @@
 """The ``doorway`` command: one console script, one subcommand per process or tool.
 
 ``doorway engine`` runs one doorway (the systemd service), ``doorway demo`` two of them on this machine,
-``doorway bench video`` the latency benchmark, ``doorway status`` asks a running engine, and
-``doorway check-config`` validates a settings file. Settings errors are printed as one line per problem and
-the process exits with status 2 before starting anything.
+``doorway bench video`` the latency benchmark, ``doorway relay`` an impairing UDP relay between two
+doorways (user-space netem), ``doorway status`` asks a running engine, and ``doorway check-config``
+validates a settings file. Settings errors are printed as one line per problem and the process exits with
+status 2 before starting anything.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or settings.logging.level)
     recorder = None
     if args.bench_record is not None:
-        from app.bench.recorder import StampRecorder
+        from app.bench.recorder import StampRecorder, TimelineSampler
 
         recorder = StampRecorder(seed=settings.capture.seed)
     stop = threading.Event()
@@ -56,12 +57,19 @@ def cmd_engine(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         stop_logging()
         return 1
-    if recorder is not None and engine.send is not None:
-        engine.send.sent_log = recorder.sent_captured_ns
+    timeline = None
+    if recorder is not None:
+        send = engine.send
+        if send is not None:
+            send.sent_log = recorder.sent_captured_ns
+        transport = engine.transport
+        timeline = TimelineSampler(lambda: (send.bytes if send else 0, transport.target_bps))
+        timeline.start()
     engine.start(control=not args.no_control)
     status = engine.wait(stop, args.run_seconds)
-    if recorder is not None:
-        recorder.dump(args.bench_record, engine.stats())
+    if recorder is not None and timeline is not None:
+        timeline.stop()
+        recorder.dump(args.bench_record, engine.stats(), timeline.samples)
     stop_logging()
     return status
 
@@ -89,6 +97,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
     return run_demo(args)
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from app.relay import main as relay_main
+
+    return relay_main(args)
 
 
 def cmd_bench_video(args: argparse.Namespace) -> int:
@@ -126,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="two doorways on this machine in a call, with live statistics")
     add_demo_arguments(d)
     d.set_defaults(func=cmd_demo)
+
+    from app.relay import add_relay_arguments
+
+    r = sub.add_parser("relay", help="an impairing UDP relay between two doorways (user-space netem)")
+    add_relay_arguments(r)
+    r.set_defaults(func=cmd_relay)
 
     from app.bench.video import add_bench_video_arguments
 

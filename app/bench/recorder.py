@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,11 +63,13 @@ class StampRecorder:
             psnr = psnr_y(y, ref)
         self.records.append(FrameRecord(df.times.decoded, stamp.index, stamp.captured_us, False, psnr))
 
-    def dump(self, path: Path, stats: dict[str, Any]) -> None:
-        """Write records, the sender's capture times and the engine's final statistics as one JSON file."""
+    def dump(self, path: Path, stats: dict[str, Any], timeline: list[tuple[int, int, int]]) -> None:
+        """Write records, the sender's capture times, the once-a-second timeline (CLOCK_MONOTONIC ns, media
+        bytes sent so far, congestion-control target bit/s) and the final statistics as one JSON file."""
         doc = {
             "records": [asdict(r) for r in self.records],
             "sent_captured_ns": self.sent_captured_ns,
+            "timeline": timeline,
             "stats": stats,
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -72,8 +77,24 @@ class StampRecorder:
         tmp.replace(path)
 
 
-def load(path: Path) -> tuple[list[FrameRecord], list[int], dict[str, Any]]:
-    """Read what :meth:`StampRecorder.dump` wrote."""
-    doc = json.loads(path.read_text())
-    records = [FrameRecord(**r) for r in doc["records"]]
-    return records, list(doc["sent_captured_ns"]), dict(doc["stats"])
+class TimelineSampler:
+    """Samples the sender's bytes sent and congestion-control target once a second (its own thread)."""
+
+    def __init__(self, sample: Callable[[], tuple[int, int]], period_s: float = 1.0) -> None:
+        self.samples: list[tuple[int, int, int]] = []
+        self._sample = sample
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="timeline", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            sent, target = self._sample()
+            self.samples.append((time.monotonic_ns(), sent, target))

@@ -20,8 +20,18 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from app.bench.metrics import FrameRecord, summarize
 from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
+from app.net.impair import ImpairmentSettings, Scenario
+from app.relay import (
+    Relay,
+    add_impairment_arguments,
+    any_impairment,
+    impairment_from_args,
+    scenario_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,7 @@ def add_bench_video_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder"
     )
+    add_impairment_arguments(p)
 
 
 def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: int) -> dict[str, Any]:
@@ -73,6 +84,55 @@ def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: 
     }
 
 
+def per_second(timeline: list[list[int]], t0: int, seconds: int) -> tuple[list[float], list[float]]:
+    """From (ns, bytes so far, target bit/s) samples: sent kbit/s and target kbit/s for each whole second
+    after ``t0`` (ns), ``seconds`` values each (NaN where no sample covers the second)."""
+    sent: list[float] = []
+    target: list[float] = []
+    for i in range(seconds):
+        lo, hi = t0 + i * 1_000_000_000, t0 + (i + 1) * 1_000_000_000
+        inside = [s for s in timeline if lo <= s[0] < hi + 200_000_000]
+        before = [s for s in timeline if s[0] < lo + 200_000_000]
+        if not inside or not before:
+            sent.append(math.nan)
+            target.append(math.nan)
+            continue
+        a, b = before[-1], inside[-1]
+        dt = (b[0] - a[0]) / 1e9
+        sent.append(round((b[1] - a[1]) * 8 / 1000 / dt, 1) if dt > 0.5 else math.nan)
+        target.append(round(b[2] / 1000, 1))
+    return sent, target
+
+
+def phases(
+    scenario: Scenario, records: list[FrameRecord], t0: int, end: int, sent_kbps: list[float]
+) -> list[dict[str, Any]]:
+    """Latency and bitrate for each scenario step, measured from 2 s after the step began (``settled``)."""
+    out = []
+    steps = scenario.steps
+    for i, step in enumerate(steps):
+        start = t0 + int(step.at_s * 1e9)
+        stop = t0 + int(steps[i + 1].at_s * 1e9) if i + 1 < len(steps) else end
+        settled = [
+            r for r in records if not r.corrupt and start + 2_000_000_000 <= r.captured_us * 1000 < stop
+        ]
+        lat = [r.decoded_ns / 1e6 - r.captured_us / 1e3 for r in settled]
+        first_s, last_s = int(step.at_s), int((stop - t0) / 1e9)
+        out.append(
+            {
+                "at_s": step.at_s,
+                "until_s": round((stop - t0) / 1e9, 1),
+                "settings": step.settings.to_dict(),
+                "settled_latency_ms": {
+                    "p50": round(float(np.percentile(lat, 50)), 2) if lat else math.nan,
+                    "p95": round(float(np.percentile(lat, 95)), 2) if lat else math.nan,
+                },
+                "sent_kbps_by_second": sent_kbps[first_s:last_s],
+            }
+        )
+    return out
+
+
 def _row(
     opts: argparse.Namespace,
     sender: EngineProcess,
@@ -80,6 +140,7 @@ def _row(
     sender_doc: dict[str, Any],
     receiver_doc: dict[str, Any],
     window: tuple[int, int],
+    network: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], list[FrameRecord]]:
     lo, hi = window
     records = [FrameRecord(**r) for r in receiver_doc["records"]]
@@ -104,6 +165,21 @@ def _row(
         "cpu_percent": {"sender": sender.cpu_mean, "receiver": receiver.cpu_mean},
         "rss_mb": {"sender": round(sender.rss_max_mb, 1), "receiver": round(receiver.rss_max_mb, 1)},
     }
+    rx_net = receiver_doc["stats"].get("network", {})
+    tx_transport = stats.get("transport", {})
+    sent_kbps, target_kbps = per_second(sender_doc.get("timeline", []), lo, int(opts.seconds))
+    row.update(
+        {
+            "network": network,
+            "loss_before_recovery": rx_net.get("loss_before_recovery"),
+            "loss_after_recovery": rx_net.get("loss_after_recovery"),
+            "retransmits": tx_transport.get("retransmit", {}).get("retransmitted_packets"),
+            "fec_repaired": rx_net.get("fec_repaired_fragments"),
+            "keyframes": encode.get("keyframes"),
+            "bitrate_kbps_timeline": sent_kbps,
+            "estimated_kbps_timeline": target_kbps,
+        }
+    )
     if opts.duplex:
         row["direction"] = f"{sender.name}->{receiver.name}"
     return row, inside
@@ -120,9 +196,14 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
         run_s = opts.warmup + opts.seconds + 1.5
         engines: list[EngineProcess] = []
         docs: dict[str, Path] = {}
+        relay, network, scenario = _relay(opts, pa, pb)
+        # Each doorway's twin is the relay's port on its side, or the other doorway itself.
+        peer_of_a, peer_of_b = (relay.port_a, relay.port_b) if relay else (pb, pa)
         t0 = time.monotonic_ns()
+        if relay is not None:
+            relay.start()
         try:
-            for name, role, port, peer in (("b", role_b, pb, pa), ("a", role_a, pa, pb)):
+            for name, role, port, peer in (("b", role_b, pb, peer_of_b), ("a", role_a, pa, peer_of_a)):
                 docs[name] = work / f"{name}.record.json"
                 args = ["--run-seconds", str(run_s), "--bench-record", str(docs[name])]
                 engines.append(start_engine(name, work, _engine_settings(opts, role, port, peer), args))
@@ -135,6 +216,8 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
                 time.sleep(1.0)
         finally:
             stop_engines(engines)
+            if relay is not None:
+                relay.stop()
         for e in engines:
             if e.proc.returncode != 0 or not docs[e.name].exists():
                 raise RuntimeError(
@@ -145,14 +228,54 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
         doc_b = json.loads(docs["b"].read_text())
         lo = t0 + int(opts.warmup * 1e9)
         window = (lo, lo + int(opts.seconds * 1e9))
-        rows = [_row(opts, a, b, doc_a, doc_b, window)]
+        rows = [_row(opts, a, b, doc_a, doc_b, window, network)]
         if opts.duplex:
-            rows.append(_row(opts, b, a, doc_b, doc_a, window))
+            rows.append(_row(opts, b, a, doc_b, doc_a, window, network))
+        if relay is not None:
+            for row, _ in rows:
+                row["relay"] = relay.stats()
+        if scenario is not None:
+            for (row, records), doc in zip(rows, (doc_a, doc_b), strict=False):
+                sent_kbps, _ = per_second(doc.get("timeline", []), t0, int(opts.warmup + opts.seconds))
+                row["phases"] = phases(scenario, records, t0, window[1], sent_kbps)
         return rows
+
+
+def _relay(
+    opts: argparse.Namespace, pa: int, pb: int
+) -> tuple[Relay | None, dict[str, Any] | None, Scenario | None]:
+    """The impairment relay between doorway a (port ``pa``) and b (``pb``), if any option asks for one."""
+    if not any_impairment(opts):
+        return None, None, None
+    settings = impairment_from_args(opts)
+    scenario = scenario_from_args(opts)
+    relay = Relay(
+        listen_a=("127.0.0.1", 0),
+        listen_b=("127.0.0.1", 0),
+        peer_a=("127.0.0.1", pa),
+        peer_b=("127.0.0.1", pb),
+        a_to_b=settings,
+        b_to_a=settings,
+        seed=opts.seed,
+        scenario=scenario,
+    )
+    if scenario is not None:
+        network: dict[str, Any] = {
+            "scenario": str(opts.scenario),
+            "steps": [{"at_s": st.at_s, **st.settings.to_dict()} for st in scenario.steps],
+            "seed": opts.seed,
+        }
+    else:
+        network = {**settings.to_dict(), "seed": opts.seed}
+    return relay, network, scenario
 
 
 def run_against_aiortc(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[FrameRecord]]]:
     from app.bench.aiortc_run import run_aiortc
+
+    impaired = any_impairment(opts)
+    impairment: ImpairmentSettings | None = impairment_from_args(opts) if impaired else None
+    scenario = scenario_from_args(opts) if impaired else None
 
     rows: list[tuple[dict[str, Any], list[FrameRecord]]] = []
     codecs: tuple[Literal["h264", "vp8"], ...] = ("h264", "vp8")
@@ -165,6 +288,9 @@ def run_against_aiortc(opts: argparse.Namespace) -> list[tuple[dict[str, Any], l
             seconds=opts.seconds,
             bitrate_kbps=opts.bitrate_kbps,
             warmup_s=opts.warmup,
+            impairment=impairment,
+            scenario=scenario,
+            seed=opts.seed,
         )
         rows.append((row, []))
     return rows

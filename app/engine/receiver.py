@@ -231,6 +231,8 @@ class NetworkStage(Stage):
 
     def _timers(self, now: int) -> None:
         if self.out is not None:
+            # Under jitter a frame's packets spread out: wait longer before calling a gap a loss.
+            self.nack.reorder_ns = max(3_000_000, int(2 * self.rx_stats.jitter_us * 1000))
             for frame_id, indices in self.nack.poll(now, self._rtt_ns()):
                 self.transport.send(
                     Nack(
