@@ -13,9 +13,17 @@ when aiortc's encode loop falls behind. The codec is forced with ``RTCRtpTransce
 module's ``DEFAULT_BITRATE`` and the receiver's REMB estimate moves ``Encoder.target_bitrate``, clamped to
 ``[MIN_BITRATE, MAX_BITRATE]`` read from the module at each call; :func:`pin_bitrate` sets all three
 constants of the chosen codec's module to the requested bitrate, so the encoder runs at exactly that
-bitrate from the first frame to the last and REMB cannot move it. Everything else about aiortc's encoders
-(libx264 baseline/zerolatency with its 30 fps rate-control assumption; libvpx realtime CBR) is left as
-shipped: that is the baseline we compare against.
+bitrate from the first frame to the last and REMB cannot move it. With ``--adaptive-bitrate`` (used when
+the run goes through the impairment relay) only the start (``DEFAULT_BITRATE``) and the ceiling
+(``MAX_BITRATE``) are pinned at the requested bitrate; the floor stays at aiortc's own ``MIN_BITRATE``
+(:data:`AIORTC_MIN_BITRATE`, or the requested bitrate if that is lower), so aiortc's congestion control
+(REMB from the receiver's delay-based estimator) can bring the encoder down when the network gets worse.
+Everything else about aiortc's encoders (libx264 baseline/zerolatency with its 30 fps rate-control
+assumption; libvpx realtime CBR) is left as shipped: that is the baseline we compare against.
+
+Each second of the measurement window the sender also samples aiortc's own ``bytesSent`` counter (RTP
+header + payload, RTX included) and its encoder's ``target_bitrate`` (what REMB has set it to), which become
+``bitrate_kbps_timeline`` and ``estimated_kbps_timeline``.
 
 Receiver: takes ``decoded_ns`` the moment ``track.recv()`` returns, reads the stamp from the luma plane, and
 every :data:`PSNR_EVERY`-th intact frame hands a copy of the luma to a worker thread that re-renders the
@@ -30,14 +38,20 @@ so this is ``t0`` plus the smallest wake-up delay, well under a millisecond). Th
 :data:`TAIL_S` after the window, then closes its peer connection; the RTCP BYE ends the receiver's track.
 
 Signalling: the receiver listens on a Unix socket (``--signal PATH``, the path chosen by the parent); the
-sender connects, writes its offer as one JSON line ``{"type", "sdp"}`` and reads the answer as one JSON line
-back, then the socket is closed. All media stays on loopback: :func:`restrict_ice_to_loopback` makes aioice
+sender connects to its ``--signal PATH``, writes its offer as one JSON line ``{"type", "sdp"}`` and reads the
+answer as one JSON line back, then the socket is closed. Without impairment both paths are the same socket
+and the peers talk directly; with impairment the sender's path is a socket of the parent, which passes the
+offer on to the receiver and the answer back, rewriting the ICE candidates so that all media goes through
+the relay (see :mod:`app.bench.aiortc_run`). Neither peer can tell the difference.
+
+All media stays on loopback: :func:`restrict_ice_to_loopback` makes aioice
 gather host candidates on 127.0.0.1 only, there are no STUN/TURN servers (``iceServers=[]``), and
 :func:`loopback_sdp` drops any other candidate from a remote description before it is applied.
 
 Output (``--out PATH``, JSON): the receiver writes ``{"origin_us", "width", "height", "records": [...]}``
 with the records as :class:`FrameRecord` field dicts; the sender writes ``{"frames_sent", "frames_total",
-"bitrate_sent_kbps", "origin_us"}``. Exit status 0 on success, 1 with the reason on stderr otherwise.
+"bitrate_sent_kbps", "bitrate_kbps_timeline", "estimated_kbps_timeline", "origin_us"}``. Exit status 0 on
+success, 1 with the reason on stderr otherwise.
 """
 
 from __future__ import annotations
@@ -94,6 +108,8 @@ TAIL_S = 0.5
 RECEIVE_GRACE_S = 3.0
 """The receiver gives up this long after the window if the sender's RTCP BYE never came."""
 LOOPBACK = "127.0.0.1"
+AIORTC_MIN_BITRATE: dict[Codec, int] = {"h264": aiortc_h264.MIN_BITRATE, "vp8": aiortc_vpx.MIN_BITRATE}
+"""aiortc's own encoder floors (bit/s), read at import, before :func:`pin_bitrate` changes them."""
 
 
 class PeerError(RuntimeError):
@@ -126,7 +142,7 @@ def loopback_sdp(sdp: str) -> str:
     return "\r\n".join(kept) + "\r\n"
 
 
-def pin_bitrate(codec: Codec, bitrate_bps: int, fps: int) -> None:
+def pin_bitrate(codec: Codec, bitrate_bps: int, fps: int, *, adaptive: bool = False) -> None:
     """Pin aiortc's ``codec`` encoder at ``bitrate_bps`` (bit/s): start there, and let REMB move it nowhere.
 
     Sets the codec module's ``DEFAULT_BITRATE`` (read by ``Encoder.__init__``) and ``MIN_BITRATE`` /
@@ -134,12 +150,19 @@ def pin_bitrate(codec: Codec, bitrate_bps: int, fps: int) -> None:
     aiortc's H.264 encoder also tells x264 the frame rate is ``MAX_FRAME_RATE`` (30) whatever it really is,
     so at 60 fps x264 spends each frame a 30 fps budget and sends twice the bitrate asked for; the true
     frame rate is set there too, so both systems put the same number of bits on the wire.
+
+    ``adaptive``: pin only the start and the ceiling; the floor is aiortc's own ``MIN_BITRATE``
+    (:data:`AIORTC_MIN_BITRATE`; ``bitrate_bps`` if lower), so REMB can lower the bitrate but never raise it
+    above ``bitrate_bps``.
     """
+    floor = min(AIORTC_MIN_BITRATE[codec], bitrate_bps) if adaptive else bitrate_bps
     if codec == "h264":
-        aiortc_h264.DEFAULT_BITRATE = aiortc_h264.MIN_BITRATE = aiortc_h264.MAX_BITRATE = bitrate_bps
+        aiortc_h264.DEFAULT_BITRATE = aiortc_h264.MAX_BITRATE = bitrate_bps
+        aiortc_h264.MIN_BITRATE = floor
         aiortc_h264.MAX_FRAME_RATE = fps
     else:
-        aiortc_vpx.DEFAULT_BITRATE = aiortc_vpx.MIN_BITRATE = aiortc_vpx.MAX_BITRATE = bitrate_bps
+        aiortc_vpx.DEFAULT_BITRATE = aiortc_vpx.MAX_BITRATE = bitrate_bps
+        aiortc_vpx.MIN_BITRATE = floor
 
 
 def codec_preferences(codec: Codec) -> list[RTCRtpCodecCapability]:
@@ -217,6 +240,17 @@ async def _bytes_sent(pc: RTCPeerConnection) -> int:
     return sum(int(s.bytesSent) for s in report.values() if getattr(s, "type", None) == "outbound-rtp")
 
 
+def _target_bitrate(sender: RTCRtpSender) -> int | None:
+    """The encoder's current ``target_bitrate`` (bit/s), None before aiortc has created the encoder.
+
+    aiortc keeps the encoder in a private attribute of :class:`RTCRtpSender` (aiortc 1.x); this reads it
+    without touching it, and gives None should a later aiortc move it.
+    """
+    encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+    bitrate = getattr(encoder, "target_bitrate", None)
+    return int(bitrate) if bitrate is not None else None
+
+
 async def _exchange_offer(signal_path: Path, offer: RTCSessionDescription) -> RTCSessionDescription:
     """Send ``offer`` to the receiver's Unix socket and return its answer; waits for the socket to appear."""
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -245,7 +279,7 @@ async def _exchange_offer(signal_path: Path, offer: RTCSessionDescription) -> RT
 async def run_sender(args: argparse.Namespace) -> dict[str, Any]:
     """Send the scene until the window plus :data:`TAIL_S` is over; returns the sender's report."""
     codec: Codec = args.codec
-    pin_bitrate(codec, args.bitrate_kbps * 1000, args.fps)
+    pin_bitrate(codec, args.bitrate_kbps * 1000, args.fps, adaptive=args.adaptive_bitrate)
     track = SceneTrack(Scene(args.width, args.height, args.seed), args.fps)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
@@ -264,8 +298,19 @@ async def run_sender(args: argparse.Namespace) -> dict[str, Any]:
         end_ns = start_ns + round(args.seconds * 1e9)
         await _sleep_until(start_ns)
         bytes_start = await _bytes_sent(pc)
-        await _sleep_until(end_ns)
-        bytes_end = await _bytes_sent(pc)
+        # One sample at the end of every second of the window (the last one at its end, maybe shorter).
+        bytes_prev, t_prev = bytes_start, start_ns
+        bitrate_timeline: list[float] = []
+        estimated_timeline: list[float | None] = []
+        while t_prev < end_ns:
+            t_next = min(t_prev + 1_000_000_000, end_ns)
+            await _sleep_until(t_next)
+            bytes_now = await _bytes_sent(pc)
+            target = _target_bitrate(transceiver.sender)
+            bitrate_timeline.append(round((bytes_now - bytes_prev) * 8 / ((t_next - t_prev) / 1e9) / 1000, 1))
+            estimated_timeline.append(round(target / 1000, 1) if target is not None else None)
+            bytes_prev, t_prev = bytes_now, t_next
+        bytes_end = bytes_prev
         await _sleep_until(end_ns + round(TAIL_S * 1e9))
         if pc.connectionState != "connected":
             raise PeerError(f"connection {pc.connectionState} before the end of the run")
@@ -275,6 +320,8 @@ async def run_sender(args: argparse.Namespace) -> dict[str, Any]:
         "frames_sent": sum(1 for t in track.captured_ns if start_ns <= t < end_ns),
         "frames_total": len(track.captured_ns),
         "bitrate_sent_kbps": round((bytes_end - bytes_start) * 8 / args.seconds / 1000, 1),
+        "bitrate_kbps_timeline": bitrate_timeline,
+        "estimated_kbps_timeline": estimated_timeline,
         "origin_us": track.origin_ns // 1000,
     }
 
@@ -472,7 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up before the window, s (default 2)")
     p.add_argument("--bitrate-kbps", type=int, required=True, help="pinned encoder bitrate, kbit/s")
     p.add_argument("--seed", type=int, default=0, help="scene seed")
-    p.add_argument("--signal", required=True, help="Unix socket path the receiver listens on")
+    p.add_argument(
+        "--adaptive-bitrate",
+        action="store_true",
+        help="sender: pin only the start and maximum bitrate, let REMB lower it to aiortc's own minimum",
+    )
+    p.add_argument(
+        "--signal",
+        required=True,
+        help="Unix socket path: the receiver listens on it, the sender connects to it",
+    )
     p.add_argument("--out", required=True, help="JSON result file")
     return p
 

@@ -6,6 +6,34 @@ both with psutil about once a second, waits for them, and summarizes the receive
 same :func:`app.bench.metrics.summarize` that judges our own system. See :mod:`app.bench.aiortc_peer` for the
 timeline, the signalling and how the bitrate is pinned.
 
+Impaired runs (``impairment`` or ``scenario`` given): all of aiortc's traffic (ICE checks, DTLS, SRTP, RTCP)
+crosses the same :class:`app.relay.Relay` that impairs our own system, with the same settings and seed. The
+parent sits in the signalling path (:func:`_broker_signalling`): the sender connects to the parent's Unix
+socket instead of the receiver's, and the parent
+
+1. reads the sender's offer and takes its one ICE candidate's port, ``PA`` (a host candidate on 127.0.0.1,
+   component 1: aiortc bundles everything onto one transport with rtcp-mux, and :mod:`app.bench.aiortc_peer`
+   gathers on 127.0.0.1 only);
+2. binds a UDP socket on 127.0.0.1 to reserve a port ``port_b`` and hands the offer to the receiver with the
+   candidate (and the ``m=`` line's default port) rewritten to ``127.0.0.1:port_b``;
+3. reads the receiver's answer and takes its candidate's port, ``PB``;
+4. releases the reservation and starts the relay with ``listen_b=127.0.0.1:port_b``, ``peer_a=PA``,
+   ``peer_b=PB`` (``port_a`` chosen by the kernel);
+5. hands the answer to the sender with its candidate rewritten to ``127.0.0.1:port_a``.
+
+So the sender only knows ``port_a`` and the receiver only knows ``port_b``: the sender's packets go from PA
+to port_a, the relay (which accepts on port_a only from PA) sends them on from port_b to PB, and the
+receiver's packets (ICE responses and its own checks, DTLS, RTCP feedback) go from PB to port_b and leave the
+relay from port_a to PA, which is where the sender expects them. Neither side has any other candidate, so
+there is no path around the relay; the reserved port keeps the receiver's ICE socket from landing on
+``port_b`` while the relay is not up yet. After the run the relay's :meth:`~app.relay.Relay.stats` must show
+packets in both directions, or the run fails; they go into the row as ``relay_stats``.
+
+Under impairment the encoder is pinned at the requested bitrate at the start and as its maximum, but its
+minimum is aiortc's own ``MIN_BITRATE`` (``--adaptive-bitrate``, see
+:func:`app.bench.aiortc_peer.pin_bitrate`) so that aiortc's REMB-driven congestion control can react;
+unimpaired runs keep it pinned.
+
 CPU is reported in percent of ONE core (100 = one core busy), averaged from the first psutil sample taken
 ``warmup_s + 1`` s after the process started (past interpreter start-up, imports, signalling, ICE/DTLS and
 most of the warm-up) to its last sample; RSS is the maximum over all samples, in MB (10**6 bytes).
@@ -15,6 +43,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +55,8 @@ from typing import IO, Any, Literal
 import psutil
 
 from app.bench.metrics import FrameRecord, summarize
+from app.net.impair import ImpairmentSettings, Scenario
+from app.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +71,9 @@ SETUP_S = 1.0
 STDERR_TAIL_CHARS = 3000
 """How much of a failed child's output goes into the exception."""
 ENCODER_NAMES = {"h264": "H264", "vp8": "VP8"}
+LOOPBACK = "127.0.0.1"
+SIGNAL_TIMEOUT_S = 45.0
+"""Impaired runs: the offer/answer must have passed through the parent within this long of the start."""
 
 
 class AiortcBenchError(RuntimeError):
@@ -154,16 +188,37 @@ def run_aiortc(
     bitrate_kbps: int,
     warmup_s: float = 2.0,
     seed: int = 0,
+    impairment: ImpairmentSettings | None = None,
+    scenario: Scenario | None = None,
 ) -> dict[str, Any]:
     """Send the synthetic scene through aiortc with ``codec`` between two processes; one benchmark row.
 
     ``width``×``height`` px at ``fps`` frames/s, encoder pinned at ``bitrate_kbps`` kbit/s, measured over
-    ``seconds`` s of capture time after ``warmup_s`` s of warm-up. Blocks the calling thread for about
-    ``warmup_s + seconds + 2`` s. Raises :class:`AiortcBenchError` (with the children's output) when a child
-    fails, times out or nothing intact arrives; the children are always gone when it returns or raises.
+    ``seconds`` s of capture time after ``warmup_s`` s of warm-up. ``seed`` seeds the scene and, in an
+    impaired run, the relay. Blocks the calling thread for about ``warmup_s + seconds + 2`` s. Raises
+    :class:`AiortcBenchError` (with the children's output) when a child fails, times out or nothing intact
+    arrives; the children (and the relay) are always gone when it returns or raises.
+
+    Unimpaired (neither ``impairment`` nor ``scenario``): the peers signal and send directly to each other
+    on loopback, and the encoder is pinned at ``bitrate_kbps`` (start = minimum = maximum).
+
+    Impaired: all traffic in both directions crosses an :class:`app.relay.Relay` with ``impairment`` (the
+    same settings each way; a perfect link when only ``scenario`` is given) and ``scenario``, seeded
+    with ``seed``, exactly as our own system is impaired. The encoder STARTS at ``bitrate_kbps`` and never
+    goes above it, but its minimum is aiortc's own ``MIN_BITRATE`` (500 kbit/s for H.264, 250 kbit/s for
+    VP8, or ``bitrate_kbps`` if lower), so aiortc's REMB-driven congestion control can lower it. The row has
+    ``network`` (the settings, or the scenario) and ``relay_stats``; the run fails if the relay did not
+    carry packets in both directions.
+
+    Every row has ``bitrate_kbps_timeline`` (RTP bytes aiortc's sender sent in each second of the window, in
+    kbit/s) and ``estimated_kbps_timeline`` (the sender's encoder ``target_bitrate`` at the end of each
+    second, kbit/s: the REMB estimate clamped to the minimum and maximum above; constant when unimpaired).
     """
     if codec not in ENCODER_NAMES:
         raise ValueError(f"codec must be one of {sorted(ENCODER_NAMES)}, not {codec!r}")
+    impaired = impairment is not None or scenario is not None
+    relay: Relay | None = None
+    relay_stats: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="doorway-aiortc-") as tmp_name:
         tmp = Path(tmp_name)
         common = [
@@ -175,23 +230,69 @@ def run_aiortc(
             f"--warmup={warmup_s}",
             f"--bitrate-kbps={bitrate_kbps}",
             f"--seed={seed}",
-            f"--signal={tmp / 'signal.sock'}",
         ]
+        receiver_signal = tmp / "signal.sock"
+        sender_signal = tmp / "parent.sock" if impaired else receiver_signal
+        sender_extra = ["--adaptive-bitrate"] if impaired else []
         children: list[_Child] = []
+        listener: socket.socket | None = None
         try:
+            if impaired:
+                # The parent's socket exists before the sender starts, so it never retries on it.
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(str(sender_signal))
+                listener.listen(1)
             # The receiver first: it creates the socket the sender connects to (the sender retries meanwhile).
-            children.append(_Child.start("receiver", [*common, f"--out={tmp / 'receiver.json'}"], tmp))
-            children.append(_Child.start("sender", [*common, f"--out={tmp / 'sender.json'}"], tmp))
+            children.append(
+                _Child.start(
+                    "receiver",
+                    [*common, f"--signal={receiver_signal}", f"--out={tmp / 'receiver.json'}"],
+                    tmp,
+                )
+            )
+            children.append(
+                _Child.start(
+                    "sender",
+                    [
+                        *common,
+                        *sender_extra,
+                        f"--signal={sender_signal}",
+                        f"--out={tmp / 'sender.json'}",
+                    ],
+                    tmp,
+                )
+            )
+            if listener is not None:
+                relay = _broker_signalling(
+                    listener,
+                    receiver_signal,
+                    children,
+                    impairment=impairment if impairment is not None else ImpairmentSettings(),
+                    scenario=scenario,
+                    seed=seed,
+                )
+                listener.close()
+                listener = None
             _supervise(children, timeout_s=warmup_s + seconds + SLACK_S)
             receiver, sender = children
             received = _read_json(tmp / "receiver.json", receiver, children)
             sent = _read_json(tmp / "sender.json", sender, children)
         finally:
+            if listener is not None:
+                listener.close()
             for child in children:
                 child.stop()
+            if relay is not None:
+                relay.stop()
+                relay_stats = relay.stats()
     records = [FrameRecord(**r) for r in received["records"]]
     if not any(not r.corrupt for r in records):
         raise _failure(f"aiortc {codec}: no intact frame in the measurement window", children)
+    network: dict[str, Any] = {}
+    if impaired:
+        assert relay_stats is not None  # the relay ran: the signalling would have raised otherwise
+        _check_relay_crossed(relay_stats, children)
+        network = {"network": _network_description(impairment, scenario), "relay_stats": relay_stats}
     skip_s = warmup_s + SETUP_S
     return {
         "system": f"aiortc-{codec}",
@@ -206,6 +307,9 @@ def run_aiortc(
         "cpu_percent": {"sender": sender.cpu_percent(skip_s), "receiver": receiver.cpu_percent(skip_s)},
         "rss_mb": {"sender": sender.rss_mb(), "receiver": receiver.rss_mb()},
         "bitrate_sent_kbps": sent["bitrate_sent_kbps"],
+        "bitrate_kbps_timeline": sent["bitrate_kbps_timeline"],
+        "estimated_kbps_timeline": sent["estimated_kbps_timeline"],
+        **network,
     }
 
 
@@ -231,3 +335,181 @@ def _supervise(children: list[_Child], *, timeout_s: float) -> None:
         if now > deadline:
             raise _failure(f"aiortc peers still running after {timeout_s:.0f} s; killed", children)
         time.sleep(POLL_INTERVAL_S)
+
+
+class SdpError(ValueError):
+    """A session description without exactly the one 127.0.0.1 host candidate an impaired run expects."""
+
+
+def candidate_port(sdp: str) -> int:
+    """The port of the one ICE candidate in ``sdp``: a UDP host candidate on 127.0.0.1, component 1.
+
+    Raises :class:`SdpError` for any other candidate or for none or several: the relay only stands between
+    one address on each side, and a second candidate would be a path around it.
+    """
+    ports = []
+    for line in sdp.splitlines():
+        if not line.startswith("a=candidate:"):
+            continue
+        # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...
+        fields = line.split()
+        if (
+            len(fields) < 8
+            or fields[1] != "1"
+            or fields[2].lower() != "udp"
+            or fields[4] != LOOPBACK
+            or fields[6:8] != ["typ", "host"]
+        ):
+            raise SdpError(f"unexpected ICE candidate {line!r}")
+        ports.append(int(fields[5]))
+    if len(ports) != 1:
+        raise SdpError(f"expected one ICE candidate, found {len(ports)}")
+    return ports[0]
+
+
+def with_candidate_port(sdp: str, port: int) -> str:
+    """``sdp`` with its one candidate (see :func:`candidate_port`) and the ``m=`` lines' port set to ``port``.
+
+    The ``m=`` line carries the default candidate's port; aiortc ignores it, but it is kept consistent.
+    """
+    candidate_port(sdp)  # exactly one acceptable candidate, or SdpError
+    out = []
+    for line in sdp.splitlines():
+        fields = line.split(" ")
+        if line.startswith("a=candidate:"):
+            fields[5] = str(port)
+        elif line.startswith("m=") and len(fields) > 1 and fields[1] not in ("0", "9"):
+            fields[1] = str(port)  # 0 is a rejected section, 9 the "discard" placeholder: left alone
+        out.append(" ".join(fields))
+    return "\r\n".join(out) + "\r\n"
+
+
+def _check_children(children: list[_Child], deadline: float, waiting_for: str) -> None:
+    """Raise if a child has failed, or if ``deadline`` (time.monotonic()) has passed."""
+    for child in children:
+        rc = child.popen.poll()
+        if rc is not None and rc != 0:
+            raise _failure(f"aiortc {child.role} exited with status {rc}", children)
+    if time.monotonic() > deadline:
+        raise _failure(f"no {waiting_for} after {SIGNAL_TIMEOUT_S:.0f} s", children)
+
+
+def _recv_message(conn: socket.socket, children: list[_Child], deadline: float, what: str) -> dict[str, Any]:
+    """One JSON line from ``conn`` (polled, so a dead child or the deadline ends the wait)."""
+    conn.settimeout(POLL_INTERVAL_S)
+    data = b""
+    while b"\n" not in data:
+        _check_children(children, deadline, what)
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            raise _failure(f"signalling socket closed before the {what}", children)
+        data += chunk
+    message: dict[str, Any] = json.loads(data.split(b"\n", 1)[0])
+    return message
+
+
+def _send_message(conn: socket.socket, message: dict[str, Any]) -> None:
+    conn.settimeout(SIGNAL_TIMEOUT_S)
+    conn.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _broker_signalling(
+    listener: socket.socket,
+    receiver_path: Path,
+    children: list[_Child],
+    *,
+    impairment: ImpairmentSettings,
+    scenario: Scenario | None,
+    seed: int,
+) -> Relay:
+    """Pass the sender's offer to the receiver and its answer back, through the relay; the started relay.
+
+    See the module docstring for the steps. The caller stops the relay (also when this raises later on).
+    """
+    deadline = time.monotonic() + SIGNAL_TIMEOUT_S
+    listener.settimeout(POLL_INTERVAL_S)
+    while True:
+        _check_children(children, deadline, "offer from the sender")
+        try:
+            sender_conn, _ = listener.accept()
+            break
+        except TimeoutError:
+            continue
+    with sender_conn:
+        offer = _recv_message(sender_conn, children, deadline, "offer from the sender")
+        try:
+            port_sender = candidate_port(offer["sdp"])
+        except SdpError as exc:
+            raise _failure(f"aiortc sender's offer: {exc}", children) from exc
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reservation:
+            # Held until the relay binds it, so the receiver's ICE socket cannot take it meanwhile.
+            reservation.bind((LOOPBACK, 0))
+            port_b = int(reservation.getsockname()[1])
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as receiver_conn:
+                receiver_conn.settimeout(POLL_INTERVAL_S)
+                while True:
+                    _check_children(children, deadline, "receiver's signalling socket")
+                    try:
+                        receiver_conn.connect(str(receiver_path))
+                        break
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        time.sleep(0.05)
+                _send_message(receiver_conn, {**offer, "sdp": with_candidate_port(offer["sdp"], port_b)})
+                answer = _recv_message(receiver_conn, children, deadline, "answer from the receiver")
+            try:
+                port_receiver = candidate_port(answer["sdp"])
+            except SdpError as exc:
+                raise _failure(f"aiortc receiver's answer: {exc}", children) from exc
+            reservation.close()
+            relay = Relay(
+                listen_a=(LOOPBACK, 0),
+                listen_b=(LOOPBACK, port_b),
+                peer_a=(LOOPBACK, port_sender),
+                peer_b=(LOOPBACK, port_receiver),
+                a_to_b=impairment,
+                b_to_a=impairment,
+                seed=seed,
+                scenario=scenario,
+            )
+        try:
+            relay.start()
+            log.info(
+                "aiortc via relay: sender %d -> %d relay %d -> %d receiver",
+                port_sender,
+                relay.port_a,
+                relay.port_b,
+                port_receiver,
+            )
+            _send_message(sender_conn, {**answer, "sdp": with_candidate_port(answer["sdp"], relay.port_a)})
+        except BaseException:
+            relay.stop()
+            raise
+    return relay
+
+
+def _network_description(impairment: ImpairmentSettings | None, scenario: Scenario | None) -> dict[str, Any]:
+    """The row's ``network``: the settings; with a scenario, its steps and what applies before the first."""
+    settings = impairment if impairment is not None else ImpairmentSettings()
+    if scenario is None:
+        return settings.to_dict()
+    return {"scenario": scenario.to_dict(), "before_first_step": settings.to_dict()}
+
+
+def _check_relay_crossed(stats: dict[str, Any], children: list[_Child]) -> None:
+    """Raise unless the relay carried datagrams both ways and its thread did not fail.
+
+    Each side's only ICE candidate is a relay port, so media cannot go around it; this makes sure of it
+    (and that the relay did not stop half-way).
+    """
+    if stats.get("error"):
+        raise _failure(f"the impairment relay failed during the run: {stats['error']}", children)
+    for direction in ("a_to_b", "b_to_a"):
+        if stats[direction]["delivered"] == 0:
+            raise _failure(
+                f"no datagram crossed the impairment relay {direction} ({stats[direction]}): "
+                "aiortc's traffic did not go through it",
+                children,
+            )

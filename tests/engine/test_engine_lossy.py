@@ -86,8 +86,8 @@ def test_sender_bounds_a_hostile_receivers_storms(tmp_path: Path) -> None:
                 )
             seq += 1
             arrivals = tuple(rng.choice([None, rng.randrange(0, 2**32 - 1)]) for _ in range(200))
-            fb = TransportFeedback(seq=seq, base_seq=rng.randrange(2**32), ref_arrival_us=rng.randrange(2**63),
-                                   arrivals=arrivals)  # fmt: skip
+            base, ref = rng.randrange(2**32), rng.randrange(2**63)
+            fb = TransportFeedback(seq=seq, base_seq=base, ref_arrival_us=ref, arrivals=arrivals)
             hostile.sendto(bytes(fb), target)
             seq += 1
             report = ReceiverReport(
