@@ -108,7 +108,7 @@ class NetworkSettings(_Section):
     pacing_burst_bytes: int = Field(16000, ge=1500, le=1_000_000)
     """Bytes that may leave back to back before pacing applies (token bucket depth). Default 16000."""
     feedback_interval_ms: int = Field(50, ge=10, le=1000)
-    """How often the receiver reports packet arrivals to the sender (congestion control), in ms. Default 50."""
+    """How often the receiver reports packet arrivals to the sender (congestion control), ms. Default 50."""
     keepalive_interval_ms: int = Field(250, ge=10, le=10000)
     """Keepalive (and RTT probe) interval in milliseconds. Default 250."""
     report_interval_ms: int = Field(200, ge=10, le=10000)

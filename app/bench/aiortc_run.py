@@ -207,8 +207,8 @@ def run_aiortc(
     with ``seed``, exactly as our own system is impaired. The encoder STARTS at ``bitrate_kbps`` and never
     goes above it, but its minimum is aiortc's own ``MIN_BITRATE`` (500 kbit/s for H.264, 250 kbit/s for
     VP8, or ``bitrate_kbps`` if lower), so aiortc's REMB-driven congestion control can lower it. The row has
-    ``network`` (the settings, or the scenario) and ``relay_stats``; the run fails if the relay did not
-    carry packets in both directions.
+    ``network`` (the settings or the scenario's steps, and the seed) and ``relay_stats``; the run fails if
+    the relay did not carry packets in both directions.
 
     Every row has ``bitrate_kbps_timeline`` (RTP bytes aiortc's sender sent in each second of the window, in
     kbit/s) and ``estimated_kbps_timeline`` (the sender's encoder ``target_bitrate`` at the end of each
@@ -292,7 +292,7 @@ def run_aiortc(
     if impaired:
         assert relay_stats is not None  # the relay ran: the signalling would have raised otherwise
         _check_relay_crossed(relay_stats, children)
-        network = {"network": _network_description(impairment, scenario), "relay_stats": relay_stats}
+        network = {"network": _network_description(impairment, scenario, seed), "relay_stats": relay_stats}
     skip_s = warmup_s + SETUP_S
     return {
         "system": f"aiortc-{codec}",
@@ -490,12 +490,19 @@ def _broker_signalling(
     return relay
 
 
-def _network_description(impairment: ImpairmentSettings | None, scenario: Scenario | None) -> dict[str, Any]:
-    """The row's ``network``: the settings; with a scenario, its steps and what applies before the first."""
-    settings = impairment if impairment is not None else ImpairmentSettings()
+def _network_description(
+    impairment: ImpairmentSettings | None, scenario: Scenario | None, seed: int
+) -> dict[str, Any]:
+    """The row's ``network``, shaped like our own system's row (:mod:`app.bench.video`): the settings and
+    the seed; with a scenario its ``steps`` and the seed (and ``before_first_step`` if settings were given).
+    """
     if scenario is None:
-        return settings.to_dict()
-    return {"scenario": scenario.to_dict(), "before_first_step": settings.to_dict()}
+        settings = impairment if impairment is not None else ImpairmentSettings()
+        return {**settings.to_dict(), "seed": seed}
+    network: dict[str, Any] = {"steps": scenario.to_dict(), "seed": seed}
+    if impairment is not None and not impairment.is_perfect:
+        network["before_first_step"] = impairment.to_dict()
+    return network
 
 
 def _check_relay_crossed(stats: dict[str, Any], children: list[_Child]) -> None:

@@ -94,7 +94,7 @@ def test_run_aiortc_through_relay() -> None:
     )
 
     assert row.keys() >= ROW_KEYS | {"network", "relay_stats"}
-    assert row["network"] == impairment.to_dict()
+    assert row["network"] == {**impairment.to_dict(), "seed": 1}
     assert row["frames_shown"] > 0
     stats = row["relay_stats"]
     assert stats["error"] is None
