@@ -86,6 +86,7 @@ class NetworkStage(Stage):
         self.assembler = Assembler()
         self.jitter = JitterBuffer(gap_timeout_ns=self.deadline_ns)
         self.nack = NackTracker(self.deadline_ns)
+        self.reorder_floor_ns = 8_000_000
         self.feedback = FeedbackBuilder()
         self.rx_stats = ReceiveStatistics()
         self.rtt = RttEstimator()
@@ -231,8 +232,10 @@ class NetworkStage(Stage):
 
     def _timers(self, now: int) -> None:
         if self.out is not None:
-            # Under jitter a frame's packets spread out: wait longer before calling a gap a loss.
-            self.nack.reorder_ns = max(3_000_000, int(2 * self.rx_stats.jitter_us * 1000))
+            # Path jitter spreads a frame's packets over several ms (and the RFC 3550 estimate, taken per
+            # frame, under-reads it): wait half a frame interval before calling a gap a loss. A newer
+            # frame's arrival still shows a loss at once.
+            self.nack.reorder_ns = max(self.reorder_floor_ns, int(3 * self.rx_stats.jitter_us * 1000))
             for frame_id, indices in self.nack.poll(now, self._rtt_ns()):
                 self.transport.send(
                     Nack(
