@@ -314,6 +314,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['cpu_percent']['sender']}/{r['cpu_percent']['receiver']} "
             f"| {r['rss_mb']['sender']}/{r['rss_mb']['receiver']} |"
         )
+    if any(r.get("network") for r in rows):
+        lines += [
+            "",
+            "| system | loss before | loss after | retransmits | FEC repaired | keyframes | mean kb/s |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in rows:
+            timeline = r.get("bitrate_kbps_timeline") or []
+            sent = [v for v in timeline if isinstance(v, int | float) and math.isfinite(v)]
+            mean = round(sum(sent) / len(sent)) if sent else "-"
+            lines.append(
+                f"| {r['system']} | {r.get('loss_before_recovery', '-')} "
+                f"| {r.get('loss_after_recovery', '-')} "
+                f"| {r.get('retransmits', '-')} | {r.get('fec_repaired', '-')} | {r.get('keyframes', '-')} "
+                f"| {mean} |"
+            )
     return "\n".join(lines)
 
 
