@@ -113,8 +113,9 @@ class NetworkSettings(_Section):
     """Keepalive (and RTT probe) interval in milliseconds. Default 250."""
     report_interval_ms: int = Field(200, ge=10, le=10000)
     """Receiver report interval in milliseconds. Default 200."""
-    keyframe_request_interval_ms: int = Field(200, ge=10, le=10000)
-    """Minimum time between two keyframe requests, in milliseconds. Default 200."""
+    keyframe_request_interval_ms: int = Field(100, ge=10, le=10000)
+    """Most time between repeated keyframe requests while the picture is broken, and the least time
+    between two keyframes the sender makes on request, in milliseconds. Default 100."""
     frame_deadline_ms: int = Field(80, ge=5, le=5000)
     """A frame not complete this long after its first fragment arrived is given up and a keyframe asked for,
     in ms. Retransmissions are only asked for when the round trip fits before it. Default 80."""

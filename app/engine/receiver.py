@@ -247,7 +247,12 @@ class NetworkStage(Stage):
                 )
         if now >= self._next_expire:
             self._next_expire = now + 2_000_000
-            for frame_id in self.assembler.expire(now, self.deadline_ns):
+            # Give a frame up once a retransmission could no longer arrive (about two round trips), not
+            # after the full configured deadline: the sooner the keyframe request leaves, the shorter
+            # the freeze.
+            deadline = min(self.deadline_ns, max(40_000_000, int(2.5 * self._rtt_ns()) + 15_000_000))
+            self.nack.deadline_ns = deadline
+            for frame_id in self.assembler.expire(now, deadline):
                 self.counters["frames_expired"] += 1
                 self.nack.on_abandoned(frame_id)
                 self.jitter.mark_lost(frame_id)
@@ -255,15 +260,19 @@ class NetworkStage(Stage):
             if self.jitter.keyframe_needed:
                 self.jitter.clear_keyframe_needed()
                 self.keyframe_wanted.set()
-        if self.keyframe_wanted.is_set() and now - self._last_kf_request >= self.kf_interval_ns:
-            # Repeated every interval until the decoder sees a keyframe and clears the flag.
+        # Repeated until the decoder sees a keyframe and clears the flag: a request or the keyframe itself
+        # may be lost, so ask again once the answer is overdue (a round trip and a frame or two).
+        repeat_ns = min(self.kf_interval_ns, max(30_000_000, int(1.5 * self._rtt_ns()) + 20_000_000))
+        if self.keyframe_wanted.is_set() and now - self._last_kf_request >= repeat_ns:
             self._last_kf_request = now
             self._kf_request_id += 1
             self.counters["keyframe_requests_sent"] += 1
-            req = KeyframeRequest(
-                seq=self.transport.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id
-            )
-            self.transport.send(req)
+            for _ in range(2):
+                # Two copies: 16 bytes each, and one lost request would otherwise cost a whole repeat.
+                req = KeyframeRequest(
+                    seq=self.transport.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id
+                )
+                self.transport.send(req)
             # Requests repeat every interval while the picture is broken: log the first of an episode only.
             level = logging.INFO if now - self._last_kf_log >= 2_000_000_000 else logging.DEBUG
             self._last_kf_log = now

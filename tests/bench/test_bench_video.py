@@ -53,3 +53,17 @@ def test_duplex_rows(tmp_path: Path) -> None:
     for row in rows:
         assert row["frames_corrupt"] == 0
         assert row["frames_shown"] > 0
+
+
+@pytest.mark.slow
+def test_impaired_row_has_recovery_keys(tmp_path: Path) -> None:
+    (row,) = bench(tmp_path, "--delay-ms", "5", "--loss", "3", "--seed", "2")
+    assert row["network"]["loss_percent"] == 3.0
+    assert row["network"]["seed"] == 2
+    for key in ("loss_before_recovery", "loss_after_recovery", "retransmits", "fec_repaired", "keyframes"):
+        assert row[key] is not None, key
+    assert row["loss_before_recovery"] > 0
+    assert row["frames_corrupt"] == 0
+    assert len(row["bitrate_kbps_timeline"]) == 3
+    assert len(row["estimated_kbps_timeline"]) == 3
+    assert row["relay"]["a_to_b"]["lost_random"] > 0
