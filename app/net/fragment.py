@@ -388,14 +388,7 @@ class Assembler:
         part.buffered += len(payload)
         self._buffered += len(payload)
         self.counters.packets += 1
-        if pkt.flags & _RETRANSMIT:
-            part.retransmitted += 1
-            self.counters.retransmitted += 1
-        if part.missing > len(part.parity):
-            if len(self._partial) > self.max_frames_in_flight or self._buffered > self.max_buffered_bytes:
-                self._evict(keep=frame_id)
-            return None
-        return self._complete(frame_id, part, now_ns)
+        return self._settle(frame_id, part, pkt.flags, now_ns)
 
     def expire(self, now_ns: int, deadline_ns: int) -> list[int]:
         """Give up frames incomplete for more than ``deadline_ns`` since their first packet arrived.
@@ -472,7 +465,12 @@ class Assembler:
         part.buffered += len(payload)
         self._buffered += len(payload)
         self.counters.fec_packets += 1
-        if pkt.flags & _RETRANSMIT:
+        return self._settle(frame_id, part, pkt.flags, now_ns)
+
+    def _settle(self, frame_id: int, part: _Partial, flags: int, now_ns: int) -> AssembledFrame | None:
+        """After a data or parity packet was added: count a retransmission, then complete the frame if
+        enough is in, or keep memory within bounds while it is not."""
+        if flags & _RETRANSMIT:
             part.retransmitted += 1
             self.counters.retransmitted += 1
         if part.missing > len(part.parity):
