@@ -70,7 +70,6 @@ class Engine:
             max_bps=max_bps,
             on_target=self._on_target,
         )
-        self.next_seq: Callable[[], int] = self.transport.next_seq
         role = settings.engine.role
         self.sending = role in ("duplex", "send")
         self.receiving = role in ("duplex", "receive")

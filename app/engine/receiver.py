@@ -38,6 +38,7 @@ from app.net.protocol import (
     Nack,
     ProtocolError,
     ReceiverReport,
+    StreamId,
     TransportFeedback,
     parse_packet,
 )
@@ -47,8 +48,6 @@ from app.video.display.base import DisplaySink
 from app.video.frames import DecodedFrame, FrameTimes
 
 log = logging.getLogger(__name__)
-
-VIDEO_STREAM = 0
 
 
 class NetworkStage(Stage):
@@ -202,7 +201,7 @@ class NetworkStage(Stage):
         self.feedback.reset()
 
     def _on_media(self, pkt: MediaPacket | FecPacket, now: int) -> None:
-        if self.out is None or pkt.stream_id != VIDEO_STREAM:
+        if self.out is None or pkt.stream_id != StreamId.VIDEO:
             return
         frame = self.assembler.push(pkt, now)
         if frame is None:
@@ -240,7 +239,7 @@ class NetworkStage(Stage):
                 self.transport.send(
                     Nack(
                         seq=self.transport.next_seq(),
-                        stream_id=VIDEO_STREAM,
+                        stream_id=StreamId.VIDEO,
                         frame_id=frame_id,
                         missing=indices,
                     )
@@ -270,7 +269,7 @@ class NetworkStage(Stage):
             for _ in range(2):
                 # Two copies: 16 bytes each, and one lost request would otherwise cost a whole repeat.
                 req = KeyframeRequest(
-                    seq=self.transport.next_seq(), stream_id=VIDEO_STREAM, request_id=self._kf_request_id
+                    seq=self.transport.next_seq(), stream_id=StreamId.VIDEO, request_id=self._kf_request_id
                 )
                 self.transport.send(req)
             # Requests repeat every interval while the picture is broken: log the first of an episode only.
@@ -292,7 +291,7 @@ class NetworkStage(Stage):
             self._next_report = now + self.report_ns
             report = self.rx_stats.make_report(
                 seq=self.transport.next_seq(),
-                stream_id=VIDEO_STREAM,
+                stream_id=StreamId.VIDEO,
                 frames_received=self.counters["frames_complete"],
                 frames_lost=self.counters["frames_expired"],
             )

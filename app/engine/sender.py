@@ -25,14 +25,12 @@ from app.engine.stage import Inbox, Stage
 from app.engine.transport import Transport
 from app.net.fragment import Packetizer
 from app.net.pacer import TokenBucketPacer
-from app.net.protocol import MEDIA_HEADER_SIZE
+from app.net.protocol import MEDIA_HEADER_SIZE, StreamId
 from app.video.capture.base import CaptureError, CaptureSource
 from app.video.encoder import VideoEncoder
 from app.video.frames import CapturedFrame, EncodedFrame
 
 log = logging.getLogger(__name__)
-
-VIDEO_STREAM = 0
 
 
 class CaptureStage(Stage):
@@ -169,7 +167,7 @@ class SendStage(Stage):
         super().__init__("send", on_error)
         self.transport = transport
         self.inbox = inbox
-        self.packetizer = Packetizer(VIDEO_STREAM, mtu_payload)
+        self.packetizer = Packetizer(StreamId.VIDEO, mtu_payload)
         self.pacing_factor = pacing_factor
         self.pacer = TokenBucketPacer(bitrate_kbps * 1000 * pacing_factor, burst_bytes)
         self.frame_id = 0
