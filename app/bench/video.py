@@ -330,6 +330,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"| {r.get('retransmits', '-')} | {r.get('fec_repaired', '-')} | {r.get('keyframes', '-')} "
                 f"| {mean} |"
             )
+    phased = [r for r in rows if r.get("phases")]
+    if phased:
+        lines += [
+            "",
+            "| system | phase | cap kb/s | settled p50 ms | settled p95 ms | sent kb/s, first 5 s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in phased:
+            for ph in r["phases"]:
+                cap = ph["settings"].get("bandwidth_kbps")
+                cap_text = f"{cap:g}" if cap else "none"
+                first = " ".join(
+                    "-" if not isinstance(v, int | float) else str(round(v))
+                    for v in ph["sent_kbps_by_second"][:5]
+                )
+                lat = ph["settled_latency_ms"]
+                lines.append(
+                    f"| {r['system']} | {ph['at_s']:g}–{ph['until_s']:g} s | {cap_text} "
+                    f"| {lat['p50']} | {lat['p95']} | {first} |"
+                )
     return "\n".join(lines)
 
 

@@ -69,6 +69,8 @@ class Engine:
             min_bps=min(video.min_bitrate_kbps * 1000, max_bps),
             max_bps=max_bps,
             on_target=self._on_target,
+            fps=video.fps,
+            fragment_bytes=net.mtu_payload,
         )
         role = settings.engine.role
         self.sending = role in ("duplex", "send")
@@ -118,7 +120,12 @@ class Engine:
             )
             encode_in: Inbox[CapturedFrame] = Inbox(CAPTURE_TO_ENCODE)
             self.encode = EncodeStage(
-                open_encoder(video), encode_in, send_in, net.keyframe_request_interval_ms, self._stage_failed
+                open_encoder(video),
+                encode_in,
+                send_in,
+                net.keyframe_request_interval_ms,
+                self._stage_failed,
+                fps=video.fps,
             )
             self.capture = CaptureStage(self._make_capture(), encode_in, self._stage_failed)
             self.stages += [self.send, self.encode, self.capture]

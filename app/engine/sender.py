@@ -29,6 +29,7 @@ from app.net.protocol import MEDIA_HEADER_SIZE, StreamId
 from app.video.capture.base import CaptureError, CaptureSource
 from app.video.encoder import VideoEncoder
 from app.video.frames import CapturedFrame, EncodedFrame
+from app.video.ratefit import RateFit
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class EncodeStage(Stage):
         out: Inbox[EncodedFrame],
         keyframe_min_interval_ms: int,
         on_error: Callable[[str, BaseException], None],
+        *,
+        fps: int,
     ) -> None:
         super().__init__("encode", on_error)
         self.encoder = encoder
@@ -94,6 +97,9 @@ class EncodeStage(Stage):
         self._keyframe_wanted = False
         self._last_forced_ns = 0
         self._bitrate_kbps: int | None = None
+        # The target congestion control set (kbit/s); the encoder is asked for it × the rate fit's factor.
+        self._target_kbps = encoder.bitrate_kbps
+        self.ratefit = RateFit(fps)
         self._lock = threading.Lock()
         self.encode_ms = Histogram()
         self.frames = 0
@@ -124,11 +130,17 @@ class EncodeStage(Stage):
             return
         kbps, self._bitrate_kbps = self._bitrate_kbps, None
         if kbps is not None:
-            self.encoder.set_bitrate(kbps)
-            log.info("encode: bitrate now %d kb/s", kbps)
+            self._target_kbps = kbps
+        target = self._target_kbps
+        asked = self.ratefit.encoder_kbps(target)
+        # Small moves of the fit are not worth an encoder reconfiguration.
+        if kbps is not None or abs(asked - self.encoder.bitrate_kbps) > 0.02 * self.encoder.bitrate_kbps:
+            self.encoder.set_bitrate(asked)
+            log.debug("encode: target %d kb/s, encoder asked for %d kb/s", target, asked)
         with self._lock:
             force, self._keyframe_wanted = self._keyframe_wanted, False
         for ef in self.encoder.encode(cf, force_keyframe=force):
+            self.ratefit.on_frame(len(ef.data), target, keyframe=ef.keyframe)
             self.frames += 1
             self.keyframes += ef.keyframe
             self.bytes_out += len(ef.data)
@@ -146,6 +158,9 @@ class EncodeStage(Stage):
             "keyframe_requests": self.keyframe_requests,
             "keyframe_requests_ignored": self.keyframe_requests_ignored,
             "bytes": self.bytes_out,
+            "target_kbps": self._target_kbps,
+            "encoder_kbps": self.encoder.bitrate_kbps,
+            "rate_fit": self.ratefit.stats(),
             "dropped_sender_busy": self.out.dropped,
             "capture_to_encoded_ms": self.encode_ms.snapshot(),
         }

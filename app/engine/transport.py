@@ -15,6 +15,7 @@ pacer gets ``pacing_factor × target``; retransmissions may use a quarter of the
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,8 +69,13 @@ class Transport:
         min_bps: int,
         max_bps: int,
         on_target: Callable[[int, float], None] | None = None,
+        fps: int = 60,
+        fragment_bytes: int = 1200,
     ) -> None:
+        """``fps`` and ``fragment_bytes`` (media payload per packet) size a frame in fragments at a given
+        target, which the FEC share depends on."""
         self.link = link
+        self._frame_bits_per_fragment = fragment_bytes * 8 * fps
         self._lock = threading.Lock()
         self._seq = SequenceCounter()
         self.congestion = CongestionController(min_bps=min_bps, max_bps=max_bps, start_bps=start_bps)
@@ -136,8 +142,10 @@ class Transport:
     def _apply(self, now_ns: int) -> None:
         with self._lock:
             target = self.congestion.target_bps(now_ns)
-        # A typical 1080p frame is ~20 fragments; the FEC share at the current loss sizes the encoder's part.
-        share = self.fec.overhead(20, self.loss.loss, self.loss.burst)
+        # The FEC share of a frame the size this target makes (a frame of few fragments needs a larger
+        # share of parity for the same protection), at the current loss, sizes the encoder's part.
+        fragments = max(1, math.ceil(target / self._frame_bits_per_fragment))
+        share = self.fec.overhead(fragments, self.loss.loss, self.loss.burst)
         moved = abs(target - self._applied_bps) > 0.05 * self._applied_bps
         if not moved and abs(share - self._applied_share) < 0.02:
             return

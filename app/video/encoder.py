@@ -105,6 +105,9 @@ class VideoEncoder:
         # comparing rather than clearing means no request is ever lost.
         self._target_kbps = video.bitrate_kbps
         self._force_next_keyframe = False
+        self._vbv_boosted = False
+        self.boosted_keyframes = 0
+        """Keyframes given the larger buffer of :func:`_keyframe_floor_bits` (low bitrates only)."""
         self._closed = False
         self._last_pts = -1
         self._frames_in_flight: dict[int, tuple[int, int]] = {}
@@ -144,6 +147,24 @@ class VideoEncoder:
         if target != self.bitrate_kbps:
             self._apply_bitrate(target)
 
+        keyframe_wanted = force_keyframe or self._force_next_keyframe
+        if self._vbv_boosted and self._live is not None:
+            # The keyframe that needed the larger buffer is out: back to the one-frame buffer.
+            self._live.set(
+                max_rate_bps=self.bitrate_kbps * 1000,
+                buffer_bits=_vbv_buffer_bits(self.bitrate_kbps, self._video.fps),
+            )
+        self._vbv_boosted = False
+        if keyframe_wanted and self.name == "libx264" and self._live is not None:
+            floor = _keyframe_floor_bits(self.width, self.height)
+            if floor > _vbv_buffer_bits(self.bitrate_kbps, self._video.fps):
+                # x264 keeps its buffer fill across a live reconfiguration, so only a fresh encoder
+                # opened with the larger buffer can spend it on this keyframe (~10 ms at 1080p, once).
+                self._close_context()
+                self._open(self.width, self.height, self.bitrate_kbps, buffer_bits=floor)
+                self._vbv_boosted = True
+                self.boosted_keyframes += 1
+
         ctx = self._ctx
         if ctx is None:
             raise EncoderError(f"encoder {self.name} is not open (reopening it failed)")
@@ -155,7 +176,6 @@ class VideoEncoder:
         frame.time_base = self._time_base
         # Always overwritten: a frame decoded from a file carries its source's I/P/B type, which the
         # encoder would otherwise obey.
-        keyframe_wanted = force_keyframe or self._force_next_keyframe
         frame.pict_type = PictureType.I if keyframe_wanted else PictureType.NONE
         self._force_next_keyframe = False
         self._frames_in_flight[pts] = (cf.index, cf.captured_ns)
@@ -213,8 +233,9 @@ class VideoEncoder:
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _open(self, width: int, height: int, kbps: int) -> None:
-        """Create and open the codec context at this size and bitrate (encode thread, or constructor)."""
+    def _open(self, width: int, height: int, kbps: int, *, buffer_bits: int | None = None) -> None:
+        """Create and open the codec context at this size and bitrate (encode thread, or constructor);
+        ``buffer_bits`` overrides the one-frame VBV buffer."""
         video = self._video
         try:
             ctx = av.CodecContext.create(self.name, "w")
@@ -229,7 +250,7 @@ class VideoEncoder:
         ctx.framerate = Fraction(video.fps, 1)
         ctx.bit_rate = kbps * 1000
         ctx.max_b_frames = 0
-        ctx.options = _encoder_options(self.name, video, kbps)
+        ctx.options = _encoder_options(self.name, video, kbps, buffer_bits)
         if self.name == "libx264":
             # Sliced threads split each frame among threads and add no delay; frame threads would add
             # one frame of latency per extra thread.
@@ -288,13 +309,29 @@ def _keyint_frames(video: VideoSettings) -> int | None:
     return max(1, round(video.keyframe_interval_s * video.fps))
 
 
-def _encoder_options(name: str, video: VideoSettings, kbps: int) -> dict[str, str]:
-    """FFmpeg options (generic and private) for encoder ``name`` at ``kbps`` kilobits per second."""
+def _keyframe_floor_bits(width: int, height: int) -> int:
+    """The least VBV buffer a requested keyframe gets, in bits (whole kilobits): 0.06 bit per pixel.
+
+    With a one-frame buffer a keyframe at a low bitrate is starved: at 2 Mb/s a 1080p60 frame's budget is
+    33 kbit, x264 hits its highest quantiser and the picture (PSNR ~16 dB) is so poor that the P frames
+    after it take seconds to repair it — exactly what happens after congestion control cut the rate and a
+    lost frame asked for a keyframe. 0.06 bit per pixel (124 kbit at 1080p) gives ~36 dB; at 2 Mb/s it
+    takes ~45 ms of link time, once. At high bitrates one frame's budget is already larger and wins.
+    """
+    return max(1, math.ceil(width * height * 0.06 / 1000)) * 1000
+
+
+def _encoder_options(
+    name: str, video: VideoSettings, kbps: int, buffer_bits: int | None = None
+) -> dict[str, str]:
+    """FFmpeg options (generic and private) for encoder ``name`` at ``kbps`` kilobits per second, with a
+    one-frame VBV buffer unless ``buffer_bits`` says otherwise."""
     keyint = _keyint_frames(video)
     # The VBV limits go in as codec-context fields (rc_max_rate, rc_buffer_size), not x264 parameters,
     # because those fields are what libx264's and NVENC's per-frame reconfiguration compares, and what
     # _LiveRateControl changes at run time.
-    rate = {"maxrate": str(kbps * 1000), "bufsize": str(_vbv_buffer_bits(kbps, video.fps))}
+    bufsize = buffer_bits if buffer_bits is not None else _vbv_buffer_bits(kbps, video.fps)
+    rate = {"maxrate": str(kbps * 1000), "bufsize": str(bufsize)}
     if name == "libx264":
         params = [
             f"keyint={keyint if keyint is not None else 'infinite'}",

@@ -139,6 +139,31 @@ def test_bitrate_changes_at_run_time_without_a_keyframe() -> None:
     assert [i for i, f in enumerate(p for phase in phases for p in phase) if f.keyframe] == []
 
 
+def test_requested_keyframe_at_a_low_bitrate_gets_a_larger_buffer_once() -> None:
+    """At 1080p60 and 1 Mb/s one frame's budget is 17 kbit: a keyframe confined to it would be unreadable
+    mush, so a requested keyframe gets 0.06 bit/pixel, and the frames after it are back to one frame."""
+    fps, kbps = 60, 1000
+    enc = x264(width=1920, height=1080, fps=fps, bitrate_kbps=kbps, x264_preset="ultrafast")
+    budget_bytes = kbps * 1000 / fps / 8
+    frames = [f for i in range(12) for f in enc.encode(moving_frame(i, 1920, 1080), force_keyframe=i == 6)]
+    assert [f.keyframe for f in frames].index(True, 1) == 6
+    assert enc.boosted_keyframes == 1
+    floor_bytes = encoder_module._keyframe_floor_bits(1920, 1080) / 8
+    assert budget_bytes * 2 < len(frames[6].data) <= floor_bytes * 1.1
+    # The one-frame buffer is back: P frames after the keyframe stay near one frame's budget.
+    assert all(len(f.data) < 1.5 * budget_bytes for f in frames[8:])
+    # The stream decodes across the reopen.
+    dec = VideoDecoder("h264")
+    assert sum(len(dec.decode(f.data)) for f in frames) == len(frames)
+
+
+def test_requested_keyframe_at_a_high_bitrate_keeps_the_one_frame_buffer() -> None:
+    enc = x264(width=640, height=360, fps=60, bitrate_kbps=8000)
+    for i in range(4):
+        enc.encode(moving_frame(i, 640, 360), force_keyframe=i == 2)
+    assert enc.boosted_keyframes == 0
+
+
 def test_bitrate_change_falls_back_to_reopen_with_keyframe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoder_module._LiveRateControl, "attach", classmethod(lambda cls, ctx: None))
     fps = 30
