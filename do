@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 UV_VERSION=0.13.9
 # Debian packages the project needs at run time or in tests: Python's venv, SDL2 for the display sink,
 # Xvfb for the windowed display test, iproute2 for network-namespace tests.
-DEB_PACKAGES=(python3 python3-venv libsdl2-2.0-0 xvfb iproute2 ca-certificates)
+DEB_PACKAGES=(python3 python3-venv libsdl2-2.0-0 libportaudio2 libopus0 xvfb iproute2 ca-certificates)
 
 setup() {
     local missing=()

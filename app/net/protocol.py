@@ -68,6 +68,7 @@ class PacketType(IntEnum):
     NACK = 6
     FEC = 8
     TRANSPORT_FEEDBACK = 9
+    AUDIO = 10
 
 
 RESERVED_PACKET_TYPES: Final[dict[int, str]] = {
@@ -97,6 +98,14 @@ FRAME_FLAGS_MASK: Final = 0xFF & ~int(MediaFlags.RETRANSMIT)
 carries the same ``flags & FRAME_FLAGS_MASK``."""
 
 
+class AudioCodecId(IntEnum):
+    """Byte 2 of an audio packet's body: how its frames are coded."""
+
+    OPUS = 0
+    PCM16 = 1
+    """Interleaved signed 16-bit little-endian samples, for a LAN."""
+
+
 class StreamId(IntEnum):
     """Media stream numbers (byte 7 of the header)."""
 
@@ -119,6 +128,8 @@ _FEC = struct.Struct("!BBBBHBBIIBBHIQ")
 _FEC_BODY = struct.Struct("!IBBHIQ")
 _FEEDBACK = struct.Struct("!BBBBHBBIIQH")
 _FEEDBACK_BODY = struct.Struct("!IQH")
+_AUDIO = struct.Struct("!BBBBHBBIHBBQHH")
+_AUDIO_BODY = struct.Struct("!HBBQHH")
 
 RECEIVER_REPORT_SIZE: Final = _REPORT.size
 """Bytes in a receiver report (41)."""
@@ -139,6 +150,12 @@ FEEDBACK_HEADER_SIZE: Final = _FEEDBACK.size
 """Bytes in a transport-feedback packet before its arrival offsets (26); each offset adds 4."""
 MAX_FEEDBACK_ARRIVALS: Final = 256
 """Most packets one transport-feedback packet covers."""
+AUDIO_HEADER_SIZE: Final = _AUDIO.size
+"""Bytes in an audio packet before its redundant frames' lengths (28); each redundant frame adds 2."""
+MAX_AUDIO_REDUNDANCY: Final = 3
+"""Most earlier frames one audio packet repeats."""
+MAX_AUDIO_FRAME: Final = 4096
+"""Largest coded audio frame, bytes (10 ms of 48 kHz stereo PCM16 is 1920; an Opus packet ≤ 1275)."""
 NOT_RECEIVED: Final = 0xFFFFFFFF
 """Arrival offset on the wire of a packet not received (yet); offsets proper are below it."""
 
@@ -557,6 +574,70 @@ class TransportFeedback:
         return _parse_as(cls, data)
 
 
+@dataclass(slots=True)
+class AudioPacket:
+    """One audio frame, plus copies of the frames just before it (type 10). Times in µs.
+
+    ``frames[0]`` is frame ``audio_seq``; ``frames[k]`` (k ≥ 1) repeats frame ``audio_seq − k`` (mod 2**16),
+    captured ``k × frame_samples`` samples earlier, so that a lost packet's frame usually arrives in the next
+    one (redundancy in the manner of RFC 2198: Opus's own in-band FEC does not cover high-bitrate stereo).
+    """
+
+    seq: int
+    """Packet sequence number (u32), per sender over all packet types."""
+    audio_seq: int
+    """Frame number of ``frames[0]`` (u16), consecutive per 10 ms frame, wrapping."""
+    codec: int
+    """:class:`AudioCodecId` (u8)."""
+    capture_us: int
+    """Sender's CLOCK_MONOTONIC µs when the first sample of ``frames[0]`` was captured (u64)."""
+    frame_samples: int
+    """Samples per channel in each frame at 48 kHz (u16, 1..65535; 480 for 10 ms)."""
+    frames: tuple[bytes, ...]
+    """The primary frame, then up to :data:`MAX_AUDIO_REDUNDANCY` earlier ones; each 1..MAX_AUDIO_FRAME
+    bytes."""
+    flags: int = 0
+    """No flags are defined (u8); sent as 0, ignored."""
+
+    def __bytes__(self) -> bytes:
+        frames = self.frames
+        count = len(frames)
+        if not 1 <= count <= 1 + MAX_AUDIO_REDUNDANCY:
+            raise ProtocolError(f"AudioPacket: {count} frames, expected 1..{1 + MAX_AUDIO_REDUNDANCY}")
+        lengths = [len(f) for f in frames]
+        for n in lengths:
+            if not 1 <= n <= MAX_AUDIO_FRAME:
+                raise ProtocolError(f"AudioPacket: a frame of {n} bytes, expected 1..{MAX_AUDIO_FRAME}")
+        if not 1 <= self.frame_samples <= 0xFFFF:
+            raise ProtocolError(f"AudioPacket: frame_samples {self.frame_samples} is out of range 1..65535")
+        size = AUDIO_HEADER_SIZE + 2 * (count - 1) + sum(lengths)
+        try:
+            head = _AUDIO.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.AUDIO,
+                PLAINTEXT_EPOCH,
+                size,
+                self.flags,
+                StreamId.AUDIO,
+                self.seq,
+                self.audio_seq,
+                self.codec,
+                count - 1,
+                self.capture_us,
+                self.frame_samples,
+                lengths[0],
+            )
+        except struct.error as exc:
+            raise ProtocolError(f"AudioPacket: cannot encode: {exc}") from None
+        return head + _U16_LISTS[count - 1].pack(*lengths[1:]) + b"".join(frames)
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be an audio packet."""
+        return _parse_as(cls, data)
+
+
 Packet = (
     MediaPacket
     | ReceiverReport
@@ -566,6 +647,7 @@ Packet = (
     | Nack
     | FecPacket
     | TransportFeedback
+    | AudioPacket
 )
 """Any version-1 packet."""
 
@@ -738,6 +820,42 @@ def _parse_feedback(data: _Data, n: int, flags: int, stream_id: int, seq: int) -
     return TransportFeedback(seq, base_seq, ref_arrival_us, arrivals, flags)
 
 
+def _parse_audio(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> AudioPacket:
+    if n < AUDIO_HEADER_SIZE:
+        raise ProtocolError(f"AudioPacket: {n} bytes, shorter than its {AUDIO_HEADER_SIZE}-byte header")
+    if stream_id != StreamId.AUDIO:
+        raise ProtocolError(f"AudioPacket: stream id must be {int(StreamId.AUDIO)}, got {stream_id}")
+    audio_seq, codec, redundant, capture_us, frame_samples, first_len = _AUDIO_BODY.unpack_from(
+        data, HEADER_SIZE
+    )
+    if frame_samples == 0:
+        raise ProtocolError("AudioPacket: frame_samples is 0")
+    if codec not in _AUDIO_CODECS:
+        raise ProtocolError(f"AudioPacket: unknown codec {codec}")
+    if redundant > MAX_AUDIO_REDUNDANCY:
+        raise ProtocolError(f"AudioPacket: {redundant} redundant frames, at most {MAX_AUDIO_REDUNDANCY}")
+    start = AUDIO_HEADER_SIZE + 2 * redundant
+    if n < start:
+        raise ProtocolError(f"AudioPacket: {n} bytes, shorter than its {start}-byte header")
+    lengths = (first_len, *_U16_LISTS[redundant].unpack_from(data, AUDIO_HEADER_SIZE))
+    for length in lengths:
+        if not 1 <= length <= MAX_AUDIO_FRAME:
+            raise ProtocolError(f"AudioPacket: a frame of {length} bytes, expected 1..{MAX_AUDIO_FRAME}")
+    if n != start + sum(lengths):
+        raise ProtocolError(
+            f"AudioPacket: length {n}, expected {start + sum(lengths)} from its frame lengths"
+        )
+    frames = []
+    offset = start
+    for length in lengths:
+        frames.append(bytes(data[offset : offset + length]))
+        offset += length
+    return AudioPacket(seq, audio_seq, codec, capture_us, frame_samples, tuple(frames), flags)
+
+
+_AUDIO_CODECS: Final = frozenset(int(c) for c in AudioCodecId)
+
+
 # Indexed by type number; a dict lookup is the whole dispatch.
 _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packet]]]] = {
     PacketType.MEDIA: ("MediaPacket", _parse_media),
@@ -748,6 +866,7 @@ _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packe
     PacketType.NACK: ("Nack", _parse_nack),
     PacketType.FEC: ("FecPacket", _parse_fec),
     PacketType.TRANSPORT_FEEDBACK: ("TransportFeedback", _parse_feedback),
+    PacketType.AUDIO: ("AudioPacket", _parse_audio),
 }
 
 

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.net.protocol import (
+    AUDIO_HEADER_SIZE,
     FEC_HEADER_SIZE,
     FEEDBACK_HEADER_SIZE,
     FRAME_FLAGS_MASK,
@@ -34,6 +35,8 @@ from app.net.protocol import (
     PROTOCOL_VERSION,
     RECEIVER_REPORT_SIZE,
     RESERVED_PACKET_TYPES,
+    AudioCodecId,
+    AudioPacket,
     FecPacket,
     Keepalive,
     KeepaliveAck,
@@ -99,6 +102,15 @@ GOLDEN: dict[str, Packet] = {
     "transport_feedback": TransportFeedback(
         seq=12, base_seq=0xFFFFFFFE, ref_arrival_us=123_456_789_012, arrivals=(0, 250, None, 1_000_000)
     ),
+    # Frame 0xFFFF and, redundantly, frame 0xFFFE (the seq wraps).
+    "audio": AudioPacket(
+        seq=13,
+        audio_seq=0xFFFF,
+        codec=AudioCodecId.OPUS,
+        capture_us=0x0001020304050607,
+        frame_samples=480,
+        frames=(b"primary!", b"earlier"),
+    ),
 }
 
 GOLDEN_FEC_FRAME = b"A golden frame, !" + b"Doorway fragment!" + b"0123456789abcdef"
@@ -151,7 +163,9 @@ def test_sizes() -> None:
         "nack": 24,
         "fec": 49,
         "transport_feedback": 42,
+        "audio": 45,
     }
+    assert AUDIO_HEADER_SIZE == 28
     # The largest NACK and feedback stay well inside one MTU.
     assert len(bytes(Nack(1, 0, 1, tuple(range(MAX_NACK_INDICES))))) == 530
     assert len(bytes(TransportFeedback(1, 0, 0, (None,) * MAX_FEEDBACK_ARRIVALS))) == 1050
@@ -191,6 +205,10 @@ def test_golden_new_type_layouts() -> None:
     assert (GOLDEN_DIR / "fec.bin").read_bytes().hex(" ") == (
         "d0 01 08 00 00 31 01 00 00 00 00 0b 0a 0b 0c 0d 01 02 00 03 00 00 00 32 "
         "00 01 02 03 04 05 06 07 84 70 18 3b e8 06 b5 bd 21 bb fc e5 c5 79 7f 40 9a"
+    )
+    assert (GOLDEN_DIR / "audio.bin").read_bytes().hex(" ") == (
+        "d0 01 0a 00 00 2d 00 01 00 00 00 0d ff ff 00 01 00 01 02 03 04 05 06 07 01 e0 00 08 "
+        "00 07 70 72 69 6d 61 72 79 21 65 61 72 6c 69 65 72"
     )
     assert (GOLDEN_DIR / "transport_feedback.bin").read_bytes().hex(" ") == (
         "d0 01 09 00 00 2a 00 00 00 00 00 0c ff ff ff fe 00 00 00 1c be 99 1a 14 00 04 "
@@ -233,7 +251,7 @@ ERRORS: list[tuple[bytes, str]] = [
     (b"\xd0\x02" + bytes(10), "unsupported version 2, expected 1"),
     (header(0, 12), "unknown packet type 0"),
     (header(7, 12), "unknown packet type 7"),
-    (header(10, 12), "unknown packet type 10"),
+    (header(11, 12), "unknown packet type 11"),
     (header(255, 12), "unknown packet type 255"),
     (
         header(PacketType.KEEPALIVE, 24, epoch=1) + bytes(12),
@@ -395,6 +413,52 @@ def test_new_types_and_flags() -> None:
     assert bytes(TransportFeedback(1, 0, 0, (NOT_RECEIVED - 1,))).endswith(b"\xff\xff\xff\xfe")
 
 
+def audio_bytes(
+    *, codec: int = 0, redundant: int = 0, samples: int = 480, lengths: tuple[int, ...] = (3,)
+) -> bytes:
+    body = struct.pack("!HBBQHH", 5, codec, redundant, 99, samples, lengths[0])
+    body += struct.pack(f"!{len(lengths) - 1}H", *lengths[1:]) + b"x" * sum(lengths)
+    return header(PacketType.AUDIO, HEADER_SIZE + len(body), stream=1) + body
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (audio_bytes(), None),
+        (audio_bytes(codec=9), "AudioPacket: unknown codec 9"),
+        (audio_bytes(samples=0), "AudioPacket: frame_samples is 0"),
+        (audio_bytes(redundant=4, lengths=(1, 1, 1, 1, 1)), "AudioPacket: 4 redundant frames, at most 3"),
+        (audio_bytes(lengths=(0,)), "AudioPacket: a frame of 0 bytes, expected 1..4096"),
+        (audio_bytes(redundant=1, lengths=(2, 4097)), "AudioPacket: a frame of 4097 bytes, expected 1..4096"),
+        (audio_bytes()[:-1] + b"", None),
+    ],
+)
+def test_audio_packet_rules(data: bytes, message: str | None) -> None:
+    if message is None:
+        if len(data) == len(audio_bytes()):
+            assert parse_packet(data) == AudioPacket(1, 5, 0, 99, 480, (b"xxx",))
+        else:
+            with pytest.raises(ProtocolError):
+                parse_packet(data)
+        return
+    with pytest.raises(ProtocolError, match=f"^{message}$"):
+        parse_packet(data)
+
+
+def test_audio_packet_must_be_stream_one_and_say_its_length() -> None:
+    data = bytearray(audio_bytes())
+    data[7] = 0
+    with pytest.raises(ProtocolError, match="^AudioPacket: stream id must be 1, got 0$"):
+        parse_packet(bytes(data))
+    # A frame length that disagrees with the datagram's length.
+    bad = audio_bytes(redundant=1, lengths=(3, 2))[:-1]
+    bad = bad[:4] + struct.pack("!H", len(bad)) + bad[6:]
+    with pytest.raises(ProtocolError, match="^AudioPacket: length 34, expected 35 from its frame lengths$"):
+        parse_packet(bad)
+    with pytest.raises(ProtocolError, match="^AudioPacket: 5 frames, expected 1..4$"):
+        bytes(AudioPacket(1, 1, 0, 0, 480, (b"a",) * 5))
+
+
 def test_reserved_types_are_unknown() -> None:
     for ptype in RESERVED_PACKET_TYPES:
         assert ptype not in {t.value for t in PacketType}
@@ -524,7 +588,19 @@ feedbacks = st.builds(
     u8,
 )
 
+audio_packets = st.builds(
+    AudioPacket,
+    u32,
+    u16,
+    st.sampled_from(list(AudioCodecId)),
+    u64,
+    st.integers(1, 0xFFFF),
+    st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=4).map(tuple),
+    u8,
+)
+
 packets: st.SearchStrategy[Packet] = st.one_of(
+    audio_packets,
     media_packets(),
     fec_packets(),
     nacks,
