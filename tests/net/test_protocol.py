@@ -448,14 +448,14 @@ def test_audio_packet_rules(data: bytes, message: str | None) -> None:
 def test_audio_packet_must_be_stream_one_and_say_its_length() -> None:
     data = bytearray(audio_bytes())
     data[7] = 0
-    with pytest.raises(ProtocolError, match="^AudioPacket: stream id must be 1, got 0$"):
+    with pytest.raises(ProtocolError, match=r"^AudioPacket: stream id must be 1, got 0$"):
         parse_packet(bytes(data))
     # A frame length that disagrees with the datagram's length.
     bad = audio_bytes(redundant=1, lengths=(3, 2))[:-1]
     bad = bad[:4] + struct.pack("!H", len(bad)) + bad[6:]
-    with pytest.raises(ProtocolError, match="^AudioPacket: length 34, expected 35 from its frame lengths$"):
+    with pytest.raises(ProtocolError, match=r"^AudioPacket: length 34, expected 35 from its frame lengths$"):
         parse_packet(bad)
-    with pytest.raises(ProtocolError, match="^AudioPacket: 5 frames, expected 1..4$"):
+    with pytest.raises(ProtocolError, match=r"^AudioPacket: 5 frames, expected 1\.\.4$"):
         bytes(AudioPacket(1, 1, 0, 0, 480, (b"a",) * 5))
 
 
