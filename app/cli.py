@@ -1,10 +1,10 @@
 """The ``doorway`` command: one console script, one subcommand per process or tool.
 
 ``doorway engine`` runs one doorway (the systemd service), ``doorway demo`` two of them on this machine,
-``doorway bench video`` the latency benchmark, ``doorway relay`` an impairing UDP relay between two
-doorways (user-space netem), ``doorway status`` asks a running engine, and ``doorway check-config``
-validates a settings file. Settings errors are printed as one line per problem and the process exits with
-status 2 before starting anything.
+``doorway bench video`` and ``doorway bench audio`` the benchmarks, ``doorway relay`` an impairing UDP
+relay between two doorways (user-space netem), ``doorway status`` asks a running engine, and
+``doorway check-config`` validates a settings file. Settings errors are printed as one line per problem
+and the process exits with status 2 before starting anything.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def _load(path: Path | None) -> Settings:
 def cmd_engine(args: argparse.Namespace) -> int:
     # Settings first: a bad file must fail before anything heavy is imported or started.
     settings = _load(args.config)
+    from app.audio.codec import CodecError
+    from app.audio.device import AudioDeviceError
     from app.engine.engine import Engine
     from app.engine.link import LinkError
     from app.logs import setup_logging, stop_logging
@@ -44,20 +46,30 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or settings.logging.level)
     recorder = None
+    audio_tap = None
     if args.bench_record is not None:
         from app.bench.recorder import StampRecorder, TimelineSampler
 
         recorder = StampRecorder(seed=settings.capture.seed)
+        if settings.audio.enabled:
+            from app.audio.device import period_samples
+            from app.bench.audio_tap import BenchAudioTap
+
+            audio_tap = BenchAudioTap(period=period_samples(settings.audio.period_ms))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        engine = Engine(settings, sink_hook=recorder)
-    except (LinkError, CaptureError, EncoderError) as exc:
+        engine = Engine(settings, sink_hook=recorder, audio_tap=audio_tap)
+    except (LinkError, CaptureError, EncoderError, AudioDeviceError, CodecError) as exc:
         log.error("cannot start: %s", exc)
         stop_logging()
         return 1
     timeline = None
+    if audio_tap is not None and engine.audio is not None:
+        audio_tap.device = engine.audio.device
+        if engine.audio.processing is not None:
+            audio_tap.processing_delay = engine.audio.processing.latency_samples
     if recorder is not None:
         send = engine.send
         if send is not None:
@@ -69,7 +81,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     status = engine.wait(stop, args.run_seconds)
     if recorder is not None and timeline is not None:
         timeline.stop()
-        recorder.dump(args.bench_record, engine.stats(), timeline.samples)
+        extra = {"audio": audio_tap.dump()} if audio_tap is not None else {}
+        recorder.dump(args.bench_record, engine.stats(), timeline.samples, extra)
     stop_logging()
     return status
 
@@ -103,6 +116,12 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from app.relay import main as relay_main
 
     return relay_main(args)
+
+
+def cmd_bench_audio(args: argparse.Namespace) -> int:
+    from app.bench.audio import main as bench_main
+
+    return bench_main(args)
 
 
 def cmd_bench_video(args: argparse.Namespace) -> int:
@@ -154,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     bv = bsub.add_parser("video", help="video latency benchmark (doorway, optionally against aiortc)")
     add_bench_video_arguments(bv)
     bv.set_defaults(func=cmd_bench_video)
+    from app.bench.audio import add_bench_audio_arguments
+
+    ba = bsub.add_parser("audio", help="audio benchmark: mouth-to-ear, concealment, echo cancellation, drift")
+    add_bench_audio_arguments(ba)
+    ba.set_defaults(func=cmd_bench_audio)
     return p
 
 

@@ -69,6 +69,13 @@ def _direction(stats: dict[str, Any], prev: tuple[int, int], dt: float) -> tuple
         f"{fps:5.1f} fps shown, capture→decoded p50 {lat.get('p50', '-')} ms p99 {lat.get('p99', '-')} ms, "
         f"{mbps:5.2f} Mb/s, loss {net.get('loss_percent', 0)} %, rtt {rtt if rtt is not None else '-'} ms"
     )
+    audio = stats.get("audio")
+    if audio is not None:
+        alat = audio.get("latency_ms", {})
+        text += (
+            f"; audio {'playing' if audio.get('playing') else 'silent'}, capture→speaker p50 "
+            f"{alat.get('p50', '-')} ms, {audio.get('concealed_percent', 0)} % concealed"
+        )
     return text, (frames, rx_bytes)
 
 

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = Path("/etc/doorway/doorway.toml")
@@ -136,6 +136,77 @@ class DisplaySettings(_Section):
     """sdl: window title when not full screen. Default "Doorway"."""
 
 
+class AudioSettings(_Section):
+    """48 kHz stereo audio in 10 ms blocks: devices, echo cancellation, codec, buffering."""
+
+    enabled: bool = True
+    """Send and play audio. Default true."""
+    backend: Literal["synthetic", "portaudio"] = "synthetic"
+    """Sound card: "synthetic" (a simulated room, for the demo and tests) or "portaudio" (real devices
+    through sounddevice). Default "synthetic"."""
+    input_device: str | None = None
+    """portaudio: microphone, by (part of its) name; none = the system default. A missing device is an error
+    that lists the devices found."""
+    output_device: str | None = None
+    """portaudio: speaker, by (part of its) name; none = the system default."""
+    period_ms: float = 5.0
+    """Sound card period, ms: how often it hands over and takes audio. Shorter periods cut the wait for the
+    speaker (half a period on average) at the cost of more wake-ups. Default 5."""
+    device_latency_ms: float = Field(5.0, ge=0.0, le=200.0)
+    """Output buffering asked of the sound card (portaudio) or simulated (synthetic), ms; reported apart
+    from the pipeline's latency. Default 5."""
+    codec: Literal["opus", "pcm"] = "opus"
+    """"opus" (48 kHz stereo, restricted low delay) or "pcm" (16-bit, 1.5 Mb/s, for a LAN). Default "opus"."""
+    bitrate_kbps: int = Field(128, ge=6, le=510)
+    """Opus bitrate, kbit/s. Default 128."""
+    redundancy: int = Field(2, ge=0, le=3)
+    """Most earlier frames each packet repeats when the twin reports loss (none while it reports none).
+    Default 2."""
+    echo_cancellation: bool = True
+    """WebRTC AEC3 on the microphone, fed the exact signal sent to the speaker. Default true."""
+    noise_suppression: bool = False
+    """WebRTC noise suppression. Default false: it adds 6 ms of latency, and a doorway is meant to carry the
+    room's ambience."""
+    gain_control: bool = False
+    """WebRTC automatic gain control (AGC2). Default false: calibration sets the levels."""
+    acoustic_delay_ms: float = Field(0.0, ge=0.0, le=500.0)
+    """Speaker-to-microphone delay the echo canceller starts from, ms (set by calibration). Default 0."""
+    jitter_min_ms: float = Field(0.0, ge=0.0, le=200.0)
+    """Least jitter allowance the adaptive playout target may choose (on top of the jitter-free minimum of
+    half a frame and half a period), ms. Default 0."""
+    jitter_max_ms: float = Field(200.0, ge=10.0, le=500.0)
+    """Most jitter allowance (and lip-sync hold) the playout target may choose, ms. Default 200."""
+    lip_sync: bool = True
+    """Delay audio or video so that they play together (within ±20 ms). Default true."""
+    room_echo_delay_ms: float = Field(40.0, ge=0.0, le=500.0)
+    """synthetic: speaker-to-microphone delay of the simulated room, ms. Default 40."""
+    room_rt60_ms: float = Field(300.0, ge=0.0, le=3000.0)
+    """synthetic: reverberation time of the simulated room (−60 dB), ms. Default 300."""
+    room_echo_gain_db: float = Field(-10.0, ge=-80.0, le=10.0)
+    """synthetic: direct-path echo level relative to the speaker, dB. Default −10."""
+    room_noise_dbfs: float = Field(-60.0, ge=-120.0, le=0.0)
+    """synthetic: microphone noise floor, dBFS. Default −60."""
+    talker: str = "speech"
+    """synthetic: the local talker: "speech" (generated), "silence", "markers", or a 48 kHz WAV file path."""
+    talk_pattern: Literal["always", "never", "alternate"] = "always"
+    """synthetic: when the local talker talks. Default "always"."""
+    talk_s: float = Field(2.0, gt=0.0, le=600.0)
+    """synthetic, "alternate": seconds of talk, then as many of silence. Default 2."""
+    talk_phase_s: float = Field(0.0, ge=0.0, le=600.0)
+    """synthetic, "alternate": seconds before the first talk. Default 0."""
+    markers_every_s: float | None = Field(None, ge=0.01, le=60.0)
+    """synthetic: latency markers mixed into the talker every this many seconds (benchmarks); none = off."""
+    drift_ppm: float = Field(0.0, ge=-1000.0, le=1000.0)
+    """synthetic: how fast this sound card's clock runs against the system clock, ppm. Default 0."""
+
+    @field_validator("period_ms")
+    @classmethod
+    def _period(cls, v: float) -> float:
+        if v not in (2.5, 5.0, 10.0):
+            raise ValueError(f"must be 2.5, 5 or 10 (ms), not {v}")
+        return float(v)
+
+
 class LoggingSettings(_Section):
     """Logging to stderr (journald adds time and unit)."""
 
@@ -159,6 +230,7 @@ class Settings(BaseSettings):
     video: VideoSettings = VideoSettings()
     network: NetworkSettings = NetworkSettings()
     display: DisplaySettings = DisplaySettings()
+    audio: AudioSettings = AudioSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -63,14 +63,22 @@ class StampRecorder:
             psnr = psnr_y(y, ref)
         self.records.append(FrameRecord(df.times.decoded, stamp.index, stamp.captured_us, False, psnr))
 
-    def dump(self, path: Path, stats: dict[str, Any], timeline: list[tuple[int, int, int]]) -> None:
+    def dump(
+        self,
+        path: Path,
+        stats: dict[str, Any],
+        timeline: list[tuple[int, int, int]],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Write records, the sender's capture times, the once-a-second timeline (CLOCK_MONOTONIC ns, media
-        bytes sent so far, congestion-control target bit/s) and the final statistics as one JSON file."""
+        bytes sent so far, congestion-control target bit/s), the final statistics and ``extra`` keys (the
+        audio tap's records) as one JSON file."""
         doc = {
             "records": [asdict(r) for r in self.records],
             "sent_captured_ns": self.sent_captured_ns,
             "timeline": timeline,
             "stats": stats,
+            **(extra or {}),
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(doc))

@@ -80,6 +80,8 @@ def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: 
             "peer_port": peer_port,
         },
         "display": {"backend": "null"},
+        # Video alone, as measured before audio existed (bench audio runs both).
+        "audio": {"enabled": False},
         "logging": {"level": "info"},
     }
 

@@ -17,7 +17,10 @@ from typing import Any
 
 import psutil
 
+from app.audio.device import open_device, period_samples
+from app.audio.room import RoomConfig
 from app.control import CommandError, ControlServer
+from app.engine.audio import AudioEngine, AudioTap
 from app.engine.link import UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
@@ -25,6 +28,7 @@ from app.engine.stage import Inbox, Stage
 from app.engine.transport import Transport
 from app.hotplug import create_monitor
 from app.net.fragment import AssembledFrame
+from app.net.protocol import AudioPacket
 from app.settings import Settings
 from app.video.capture import create_capture
 from app.video.capture.resilient import ResilientCapture
@@ -50,7 +54,11 @@ class Engine:
     """
 
     def __init__(
-        self, settings: Settings, *, sink_hook: Callable[[DecodedFrame], None] | None = None
+        self,
+        settings: Settings,
+        *,
+        sink_hook: Callable[[DecodedFrame], None] | None = None,
+        audio_tap: AudioTap | None = None,
     ) -> None:
         self.settings = settings
         self._failed = threading.Event()
@@ -99,6 +107,7 @@ class Engine:
             feedback_interval_ms=net.feedback_interval_ms,
             on_keyframe_request=self._peer_wants_keyframe,
             on_error=self._stage_failed,
+            on_audio=self._on_audio,
         )
         if self.receiving and self.display is not None and decode_in is not None:
             decoder = VideoDecoder("h264", threads=video.decoder_threads)
@@ -129,9 +138,60 @@ class Engine:
             )
             self.capture = CaptureStage(self._make_capture(), encode_in, self._stage_failed)
             self.stages += [self.send, self.encode, self.capture]
+        self.audio: AudioEngine | None = None
+        if settings.audio.enabled:
+            self.audio = self._make_audio(audio_tap)
         self.control: ControlServer | None = None
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent()
+
+    def _make_audio(self, tap: AudioTap | None) -> AudioEngine:
+        a = self.settings.audio
+        room = RoomConfig(
+            echo_delay_ms=a.room_echo_delay_ms,
+            rt60_ms=a.room_rt60_ms,
+            echo_gain_db=a.room_echo_gain_db,
+            noise_dbfs=a.room_noise_dbfs,
+            talker=a.talker,
+            talk_pattern=a.talk_pattern,
+            talk_s=a.talk_s,
+            phase_s=a.talk_phase_s,
+            markers_every_s=a.markers_every_s,
+            seed=self.settings.capture.seed,
+        )
+        device = open_device(
+            a.backend,
+            period=period_samples(a.period_ms),
+            input_name=a.input_device,
+            output_name=a.output_device,
+            room=room,
+            drift_ppm=a.drift_ppm,
+            latency_ms=a.device_latency_ms,
+        )
+        display = self.display
+
+        def video_age() -> float | None:
+            return None if display is None else display.age_ms
+
+        def hold_video(ms: float) -> None:
+            if display is not None:
+                display.hold_ms = ms
+
+        return AudioEngine(
+            a,
+            device,
+            self.transport,
+            sending=self.sending,
+            receiving=self.receiving,
+            on_error=self._stage_failed,
+            video_age_ms=video_age,
+            hold_video=hold_video,
+            tap=tap,
+        )
+
+    def _on_audio(self, pkt: AudioPacket, now: int) -> None:
+        if self.audio is not None:
+            self.audio.on_packet(pkt, now)
 
     def _make_capture(self) -> ResilientCapture:
         cap, video = self.settings.capture, self.settings.video
@@ -159,7 +219,9 @@ class Engine:
         """Congestion control moved the target (network thread): media gets what FEC leaves of it."""
         if self.encode is None or self.send is None:
             return
-        encoder_kbps = max(100, int(target_bps * (1.0 - fec_share) / 1000))
+        # Audio goes first: video gets what is left of the target after audio's own rate.
+        audio_bps = self.audio.rate_bps() if self.audio is not None and self.audio.sending else 0
+        encoder_kbps = max(100, int((target_bps - audio_bps) * (1.0 - fec_share) / 1000))
         self.encode.set_bitrate(encoder_kbps)
         self.send.set_rate(target_bps)
 
@@ -171,6 +233,8 @@ class Engine:
         """Start every stage (downstream first) and the control socket. Returns at once."""
         for stage in self.stages:
             stage.start()
+        if self.audio is not None:
+            self.audio.start()
         if control:
             self.control = ControlServer(self.settings.engine.control_socket, self._commands())
             self.control.start()
@@ -194,6 +258,8 @@ class Engine:
         self._stopped.set()
         if self.control is not None:
             self.control.close()
+        if self.audio is not None:
+            self.audio.stop()
         for stage in reversed(self.stages):
             stage.stop()
             if not stage.join(5.0):
@@ -286,4 +352,6 @@ class Engine:
             out["decode"] = self.decode.stats()
         if self.display is not None:
             out["display"] = self.display.stats()
+        if self.audio is not None:
+            out["audio"] = self.audio.stats()
         return out

@@ -29,6 +29,7 @@ from app.net.fragment import AssembledFrame, Assembler
 from app.net.jitter import JitterBuffer
 from app.net.nack import NackTracker
 from app.net.protocol import (
+    AudioPacket,
     FecPacket,
     Keepalive,
     KeepaliveAck,
@@ -71,8 +72,10 @@ class NetworkStage(Stage):
         feedback_interval_ms: int,
         on_keyframe_request: Callable[[], None],
         on_error: Callable[[str, BaseException], None],
+        on_audio: Callable[[AudioPacket, int], None] | None = None,
     ) -> None:
         super().__init__("network", on_error)
+        self.on_audio = on_audio
         self.transport = transport
         self.link = transport.link
         self.out = out
@@ -105,6 +108,7 @@ class NetworkStage(Stage):
             "replays": 0,
             "media_packets": 0,
             "fec_packets": 0,
+            "audio_packets": 0,
             "frames_complete": 0,
             "frames_to_decoder": 0,
             "frames_expired": 0,
@@ -171,6 +175,10 @@ class NetworkStage(Stage):
         elif isinstance(pkt, FecPacket):
             c["fec_packets"] += 1
             self._on_media(pkt, now)
+        elif isinstance(pkt, AudioPacket):
+            c["audio_packets"] += 1
+            if self.on_audio is not None:
+                self.on_audio(pkt, now)
         elif isinstance(pkt, TransportFeedback):
             c["feedback_received"] += 1
             self.transport.on_feedback(now, pkt.base_seq, pkt.ref_arrival_us, pkt.arrivals)
@@ -427,6 +435,12 @@ class DisplayStage(Stage):
         self.frames = 0
         self.show_ms = Histogram()
         self.last_shown_ns = 0
+        self.hold_ms = 0.0
+        """Lip sync: how long after decoding a picture is shown, ms (0 unless audio plays later than
+        video; set by the audio engine, read here)."""
+        self.age_ms: float | None = None
+        """Smoothed (shown − sender's capture time) of the pictures shown, ms. The two clocks differ by an
+        unknown offset, so only comparisons with another stream of the same sender (audio) mean anything."""
 
     def setup(self) -> None:
         self.sink.open()
@@ -437,10 +451,26 @@ class DisplayStage(Stage):
             # Nothing to show (the twin is not sending): keep a window responsive to the window system.
             self.sink.poll_events()
             return
+        if self.hold_ms > 0:
+            df = self._hold(df)
         self.sink.show(df)
         self.frames += 1
         self.last_shown_ns = df.times.shown or time.monotonic_ns()
         self.show_ms.record((self.last_shown_ns - df.times.decoded) / 1e6)
+        if df.times.captured:
+            age = (self.last_shown_ns - df.times.captured) / 1e6
+            self.age_ms = age if self.age_ms is None else 0.9 * self.age_ms + 0.1 * age
+
+    def _hold(self, df: DecodedFrame) -> DecodedFrame:
+        """Wait until ``hold_ms`` after the picture was decoded (lip sync), then show it.
+
+        Newer pictures wait in the inbox meanwhile (newest wins there): replacing this one with them would
+        never show anything once the hold exceeds a frame interval.
+        """
+        remaining = (df.times.decoded + self.hold_ms * 1e6 - time.monotonic_ns()) / 1e9
+        if remaining > 0:
+            time.sleep(min(remaining, 0.1))
+        return df
 
     def teardown(self) -> None:
         self.sink.close()
@@ -450,4 +480,5 @@ class DisplayStage(Stage):
             "frames": self.frames,
             "replaced_before_shown": self.inbox.dropped,
             "decoded_to_shown_ms": self.show_ms.snapshot(),
+            "lip_sync_hold_ms": round(self.hold_ms, 1),
         }

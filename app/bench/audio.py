@@ -1,0 +1,306 @@
+"""``doorway bench audio``: mouth-to-ear latency, concealment, echo cancellation and drift of real doorways.
+
+Two ``doorway engine`` processes run on loopback (through the impairment relay when given the same options
+as ``bench video``) with the synthetic sound card and a small video stream both ways (for lip sync). The
+rooms are scripted:
+
+- doorway **a** is the talker: speech that alternates (2 s on, 2 s off) with a latency marker every
+  0.5 s; its sound card's clock may run ``--drift-ppm`` fast;
+- doorway **b** talks all the time.
+
+So at **a** the microphone hears the far end alone while a's talker pauses (ERLE is measured there, from one
+second into each pause) and both at once while it talks (double talk: how much of a's clean voice survives
+echo cancellation, from the room's ground truth). Mouth-to-ear runs a → b: from the capture callback whose
+block carries a marker to the playback callback at b that plays it (both CLOCK_MONOTONIC on this host); the
+sound cards' own buffers are reported apart. Underruns, concealment, gaps, buffer level, drift and the
+audio–video offset come from b's statistics, since b is the ear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
+from app.relay import (
+    Relay,
+    add_impairment_arguments,
+    any_impairment,
+    impairment_from_args,
+    scenario_from_args,
+)
+
+log = logging.getLogger(__name__)
+
+_FAR_ACTIVE = 1e-7  # echo power (≈ −70 dBFS) above which the far end counts as audible at the microphone
+
+
+def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=60.0, help="measurement window (s)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds ignored at the start")
+    p.add_argument("--codec", choices=["opus", "pcm"], default="opus")
+    p.add_argument("--bitrate-kbps", type=int, default=128)
+    p.add_argument("--drift-ppm", type=float, default=0.0, help="how fast a's sound card runs against b's")
+    p.add_argument("--echo-delay-ms", type=float, default=40.0, help="room echo path delay (ms)")
+    p.add_argument("--rt60-ms", type=float, default=300.0, help="room reverberation time (ms)")
+    p.add_argument("--period-ms", type=float, default=5.0, choices=[2.5, 5.0, 10.0], help="sound card period")
+    p.add_argument(
+        "--noise-suppression", action="store_true", help="turn WebRTC noise suppression on (adds 6 ms)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the result object here")
+    p.add_argument("--keep", type=Path, default=None, help="keep the engines' configs and logs here")
+    add_impairment_arguments(p)
+
+
+def _settings(opts: argparse.Namespace, name: str, port: int, peer: int) -> dict[str, Any]:
+    talker_a = name == "a"
+    audio: dict[str, Any] = {
+        "backend": "synthetic",
+        "codec": opts.codec,
+        "bitrate_kbps": opts.bitrate_kbps,
+        "room_echo_delay_ms": opts.echo_delay_ms,
+        "room_rt60_ms": opts.rt60_ms,
+        "acoustic_delay_ms": opts.echo_delay_ms,
+        "period_ms": opts.period_ms,
+        "noise_suppression": opts.noise_suppression,
+        "talker": "speech",
+        "talk_pattern": "alternate" if talker_a else "always",
+        "talk_s": 2.0,
+    }
+    if talker_a:
+        audio["markers_every_s"] = 0.5
+        audio["drift_ppm"] = opts.drift_ppm
+    return {
+        "engine": {"role": "duplex"},
+        "capture": {"backend": "synthetic", "seed": 1 if talker_a else 2},
+        "video": {"width": 640, "height": 360, "fps": 60, "bitrate_kbps": 2000, "encoder": "x264"},
+        "network": {
+            "listen_host": "127.0.0.1",
+            "listen_port": port,
+            "peer_host": "127.0.0.1",
+            "peer_port": peer,
+        },
+        "display": {"backend": "null"},
+        "audio": audio,
+        "logging": {"level": "info"},
+    }
+
+
+def _window(seconds: list[dict[str, int]], lo: int, hi: int) -> dict[str, int]:
+    """The ear's audio counters over [lo, hi): differences of its once-a-second samples nearest the ends."""
+    inside = [s for s in seconds if lo <= s["t"] < hi]
+    if len(inside) < 2:
+        return {}
+    first, last = inside[0], inside[-1]
+    return {k: last[k] - first[k] for k in first if k != "t"}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 2) if values else math.nan
+
+
+def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> list[float]:
+    """Latency (ms) of each marker emitted inside [lo, hi): the first detection within 400 ms after it."""
+    det = sorted(detected)
+    out: list[float] = []
+    j = 0
+    for e in sorted(emitted):
+        while j < len(det) and det[j] < e:
+            j += 1
+        if lo <= e < hi and j < len(det) and det[j] - e < 400_000_000:
+            out.append((det[j] - e) / 1e6)
+            j += 1
+    return out
+
+
+def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float]:
+    """ERLE over far-end-only frames, and the near talker's loss in double talk, from a's frame records.
+
+    ERLE: frames of a's pauses from 1 s into each pause (so the canceller has had a second of far end to
+    itself), where the far end is audible at the microphone and no latency marker is in the frame or the
+    two before it (a marker is near-end sound, and the processing delays it by ~9 ms): microphone power
+    over output power, summed. Double talk: frames where a's talker talks and the far end is audible; the
+    loss is −20·log10(g), g the least-squares gain of the clean near talker (delayed by the processing) in
+    the output. Residual echo and noise are uncorrelated with the near talker, so they do not count.
+    """
+    mic_far = out_far = 0.0
+    dot = nn = 0.0
+    dt_blocks = far_blocks = 0
+    pause_start: int | None = None
+    recent_near = [1.0, 1.0]
+    for b in blocks:
+        t, mic_p, out_p, _spk, active, echo_p, near_p, out_near, near_near = b
+        t = int(t)
+        marker_near = max(recent_near) > 1e-10 or near_p > 1e-10
+        recent_near = [recent_near[1], near_p]
+        if active < 0 or not lo <= t < hi:
+            continue
+        if active == 0.0:
+            pause_start = t if pause_start is None else pause_start
+        else:
+            pause_start = None
+        if echo_p < _FAR_ACTIVE:
+            continue
+        if active == 0.0:
+            if pause_start is not None and t - pause_start >= 1_000_000_000 and not marker_near:
+                mic_far += mic_p
+                out_far += out_p
+                far_blocks += 1
+        else:
+            dot += out_near
+            nn += near_near
+            dt_blocks += 1
+    erle = 10 * math.log10(mic_far / out_far) if out_far > 0 and mic_far > 0 else math.nan
+    gain = dot / nn if nn > 0 else math.nan
+    loss = -20 * math.log10(gain) if gain > 0 else math.nan
+    return {
+        "erle_db": round(erle, 1),
+        "erle_blocks": far_blocks,
+        "double_talk_near_loss_db": round(loss, 2),
+        "double_talk_blocks": dt_blocks,
+    }
+
+
+def run(opts: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="doorway-bench-audio-") as tmp:
+        work = opts.keep if opts.keep is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        pa, pb = free_udp_ports(2)
+        relay: Relay | None = None
+        network: dict[str, Any] | None = None
+        if any_impairment(opts):
+            imp = impairment_from_args(opts)
+            relay = Relay(
+                listen_a=("127.0.0.1", 0),
+                listen_b=("127.0.0.1", 0),
+                peer_a=("127.0.0.1", pa),
+                peer_b=("127.0.0.1", pb),
+                a_to_b=imp,
+                b_to_a=imp,
+                seed=opts.seed,
+                scenario=scenario_from_args(opts),
+            )
+            network = {**imp.to_dict(), "seed": opts.seed}
+        peer_a, peer_b = (relay.port_a, relay.port_b) if relay else (pb, pa)
+        run_s = opts.warmup + opts.seconds + 1.5
+        docs = {n: work / f"{n}.record.json" for n in ("a", "b")}
+        engines: list[EngineProcess] = []
+        t0 = time.monotonic_ns()
+        if relay is not None:
+            relay.start()
+        try:
+            for name, port, peer in (("b", pb, peer_b), ("a", pa, peer_a)):
+                args = ["--run-seconds", str(run_s), "--bench-record", str(docs[name])]
+                engines.append(start_engine(name, work, _settings(opts, name, port, peer), args))
+            deadline = time.monotonic() + run_s + 60
+            while any(e.proc.poll() is None for e in engines):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bench: engines did not stop in time")
+                for e in engines:
+                    e.sample()
+                time.sleep(1.0)
+        finally:
+            stop_engines(engines)
+            if relay is not None:
+                relay.stop()
+        for e in engines:
+            if e.proc.returncode != 0 or not docs[e.name].exists():
+                raise RuntimeError(
+                    f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}"
+                )
+        doc_a = json.loads(docs["a"].read_text())
+        doc_b = json.loads(docs["b"].read_text())
+    lo = t0 + int(opts.warmup * 1e9)
+    hi = lo + int(opts.seconds * 1e9)
+    total = mouth_to_ear(doc_a["audio"]["markers_emitted_ns"], doc_b["audio"]["markers_detected_ns"], lo, hi)
+    emitted = [e for e in doc_a["audio"]["markers_emitted_ns"] if lo <= e < hi]
+    ear = doc_b["stats"].get("audio", {})
+    mouth = doc_a["stats"].get("audio", {})
+    # ADC → DAC includes the sound cards' own buffering: the capture period a sample waits in before its
+    # callback, and each card's input and output latency. The pipeline is what is left: from the capture
+    # callback that receives the sound to the playback callback that hands it to the card.
+    cards_ms = (
+        opts.period_ms
+        + float(mouth.get("input_latency_ms") or 0.0)
+        + float(ear.get("output_latency_ms") or 0.0)
+    )
+    lat = [t - cards_ms for t in total]
+    buffer = ear.get("buffer_ms", {})
+    window = _window(doc_b["audio"]["seconds"], lo, hi)
+    decoded = window.get("samples_decoded", 0)
+    concealed = window.get("samples_concealed", 0)
+    result: dict[str, Any] = {
+        "system": "doorway",
+        "seconds": opts.seconds,
+        "codec": opts.codec,
+        "bitrate_kbps": opts.bitrate_kbps,
+        "network": network,
+        "mouth_to_ear_ms": {
+            "p50": _pct(lat, 50),
+            "p99": _pct(lat, 99),
+            "max": round(max(lat), 2) if lat else None,
+        },
+        "markers": {"emitted": len(emitted), "measured": len(lat)},
+        "mouth_to_ear_total_ms": {
+            "p50": _pct(total, 50),
+            "p99": _pct(total, 99),
+            "max": round(max(total), 2) if total else None,
+        },
+        "device_buffers_ms": {
+            "capture_period": opts.period_ms,
+            "input": mouth.get("input_latency_ms"),
+            "output": ear.get("output_latency_ms"),
+        },
+        "period_ms": opts.period_ms,
+        "noise_suppression": opts.noise_suppression,
+        "gaps_over_20ms": window.get("gaps_over_20ms"),
+        "concealed_percent": round(100 * concealed / (decoded + concealed), 3)
+        if decoded + concealed
+        else None,
+        "underruns": window.get("underruns"),
+        "frames_lost": window.get("frames_lost"),
+        "overruns": mouth.get("capture_overruns", 0) + ear.get("capture_overruns", 0),
+        **echo_metrics(doc_a["audio"]["blocks"], lo, hi),
+        "drift_ppm": ear.get("drift_ppm"),
+        "buffer_ms": {"mean": buffer.get("mean"), "max": buffer.get("max")},
+        "buffer_error_ms": ear.get("buffer_error_ms"),
+        "av_offset_ms": ear.get("av_offset_ms"),
+        "cpu_percent": {e.name: e.cpu_mean for e in engines},
+        "ear_stats": ear,
+    }
+    if relay is not None:
+        result["relay"] = relay.stats()
+    return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    m = r["mouth_to_ear_ms"]
+    return "\n".join(
+        [
+            "| mouth-to-ear p50 / p99 / max ms | gaps > 20 ms | concealed % | underruns | overruns | ERLE dB "
+            "| double-talk near loss dB | drift ppm | buffer mean / max ms | A/V offset ms |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| {m['p50']} / {m['p99']} / {m['max']} | {r['gaps_over_20ms']} | {r['concealed_percent']} "
+            f"| {r['underruns']} | {r['overruns']} | {r['erle_db']} | {r['double_talk_near_loss_db']} "
+            f"| {r['drift_ppm']} | {r['buffer_ms']['mean']} / {r['buffer_ms']['max']} "
+            f"| {r['av_offset_ms']} |",
+        ]
+    )
+
+
+def main(opts: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = run(opts)
+    print(format_result(result))
+    if opts.json is not None:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
+        opts.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0

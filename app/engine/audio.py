@@ -1,0 +1,734 @@
+"""The audio half of a doorway: sound card → echo cancellation → Opus → UDP → jitter buffer → sound card.
+
+Threads, and what each may do:
+
+- The **device thread** (PortAudio's callback, or the synthetic room's clock) calls
+  :meth:`AudioEngine.callback` once per period (2.5, 5 or 10 ms). It fills the speaker block from the
+  playout FIFO, gathers microphone periods (with the speaker blocks played meanwhile, the echo canceller's
+  reference) into 10 ms frames in a preallocated ring, and notes its time and the FIFO level in
+  preallocated arrays. It takes no lock, allocates no arrays and signals the other threads through
+  eventfds (a write that cannot block).
+- The **audio-send thread** takes (microphone, speaker) frames in order, runs WebRTC's AEC3 on them,
+  encodes the result and sends one :class:`~app.net.protocol.AudioPacket` per 10 ms, repeating the previous
+  frames while the twin reports loss. Audio is not paced: it goes out ahead of video, and congestion control
+  subtracts its rate from what video may use.
+- The **network thread** puts each arriving frame (primary and redundant copies) into the jitter buffer,
+  under this module's lock, and wakes the playout thread.
+- The **audio-playout thread** decodes each frame the moment it can be played in order, resamples it at the
+  ratio :class:`~app.audio.playout.PlayoutController` asks (the two sound cards' clock drift, and the level
+  against the adaptive target) and appends it to the FIFO. When a callback is due within the guard time
+  and the FIFO cannot cover it, it conceals: one period at a time while the next frame may still come
+  (a late frame then plays, a period later), a whole frame when a later frame shows it is lost.
+
+Why push rather than pull: a frame decoded on arrival waits only for the sound card, not also for a
+playout tick; what it waits on average is half a period, which is why the period is short.
+
+Lip sync: audio and video frames carry the same sender clock's capture time, so at the receiver
+``play time − capture`` of each differs from the true latency by the same unknown clock offset, and their
+difference is the true audio–video offset. It is steered to audio 10 ms after video (within the ±20 ms
+target, and the direction people notice least): by holding pictures back when audio is later (echo
+cancellation alone costs audio 9 ms), or audio back when video is later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.audio.codec import AudioCodec, CodecError, open_codec
+from app.audio.device import CHANNELS, FRAME, FRAME_NS, SAMPLE_RATE, AudioDevice, make_realtime
+from app.audio.jitter import AudioJitterBuffer
+from app.audio.playout import PlayoutController
+from app.audio.processing import AudioProcessing, processing_latency_samples
+from app.audio.resample import VariableResampler
+from app.audio.ring import FrameRing, SampleRing
+from app.engine.metrics import Histogram
+from app.engine.transport import Transport
+from app.net.protocol import AudioCodecId, AudioPacket
+from app.settings import AudioSettings
+
+log = logging.getLogger(__name__)
+
+Block = npt.NDArray[np.float32]
+
+FRAME_MS = FRAME * 1000 / SAMPLE_RATE
+"""Duration of one frame, ms (10)."""
+_CAPTURE_SLOTS = 16
+_FIFO_SAMPLES = SAMPLE_RATE  # 1 s: far above any target
+_CB_SLOTS = 64  # callback records kept for the playout thread (0.16 s at 2.5 ms periods)
+GUARD_MS = 1.0
+"""How long before a callback the playout thread conceals when the FIFO cannot cover it, ms."""
+LIP_SYNC_TARGET_MS = 10.0
+"""Audio–video offset lip sync steers to, ms (audio after video)."""
+MAX_VIDEO_HOLD_MS = 40.0
+"""Most lip sync holds pictures back, ms: beyond it (audio buffering for a bad network) video latency
+matters more than sync, and audio up to ~100 ms after video is hard to notice."""
+IDLE_AFTER_MS = 200.0
+"""Concealing this long with nothing arriving means the twin stopped sending: play silence, stop counting."""
+STALE_DEVICE_MS = 200.0
+"""No callback for this long: the sound card is lost or stopped; playout waits."""
+# Per packet on the wire besides the frames: our header, UDP and IP (bits), for the rate congestion control
+# must leave to audio.
+_OVERHEAD_BITS = (28 + 8 + 20) * 8
+
+
+class AudioTap:
+    """Hooks for measurement (the benchmark), each called on the thread named; all must be quick."""
+
+    def on_processed(
+        self, first_sample: int, capture_ns: int, mic: Block, speaker: Block, out: Block
+    ) -> None:
+        """Audio-send thread: one frame's microphone, speaker reference and processed output.
+        ``first_sample`` numbers the microphone samples since the device started."""
+
+    def on_played(self, block: Block, playout_ns: int) -> None:
+        """Device thread: ``block`` starts playing at ``playout_ns``. Must not allocate or block."""
+
+    def poll(self) -> None:
+        """Audio-playout thread, after each wake: process what :meth:`on_played` stored."""
+
+    def on_second(self, now_ns: int, counters: dict[str, int]) -> None:
+        """Audio-playout thread, about once a second: the engine's audio counters at ``now_ns``."""
+
+
+class _Wake:
+    """An eventfd: ``set`` from any thread never blocks; ``wait`` sleeps until set or a timeout."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def set(self) -> None:
+        # try/except, not contextlib.suppress: this runs in the sound card's callback, where even a small
+        # context-manager object per call is an allocation.
+        try:  # noqa: SIM105
+            os.eventfd_write(self.fd, 1)
+        except OSError:
+            pass  # a saturated counter (impossible in practice) or a descriptor closed at shutdown
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s``; True (and the event consumed) if it was set."""
+        if timeout_s > 0:
+            ready, _, _ = select.select([self.fd], [], [], timeout_s)
+            if not ready:
+                return False
+        try:
+            os.eventfd_read(self.fd)
+            return True
+        except (BlockingIOError, OSError):
+            return False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class AudioEngine:
+    """Everything audio for one engine; owns the device and the two audio threads."""
+
+    def __init__(
+        self,
+        settings: AudioSettings,
+        device: AudioDevice,
+        transport: Transport,
+        *,
+        sending: bool,
+        receiving: bool,
+        on_error: Callable[[str, BaseException], None],
+        video_age_ms: Callable[[], float | None] | None = None,
+        hold_video: Callable[[float], None] | None = None,
+        tap: AudioTap | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.transport = transport
+        self.sending = sending
+        self.receiving = receiving
+        self._on_error = on_error
+        self._video_age_ms = video_age_ms
+        self._hold_video = hold_video
+        self.video_hold_ms = 0.0
+        # What the twin's processing and codec delay sound inside a frame (capture time is the frame's).
+        self._content_delay_samples = processing_latency_samples(
+            echo_cancellation=settings.echo_cancellation, noise_suppression=settings.noise_suppression
+        ) + (120 if settings.codec == "opus" else 0)
+        self.tap = tap
+        self.period = device.period
+        self._period_ns = self.period * 1_000_000_000 // SAMPLE_RATE
+        self.period_ms = self.period * 1000 / SAMPLE_RATE
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.counters: dict[str, int] = {
+            "callbacks": 0,
+            "capture_overruns": 0,
+            "underruns": 0,
+            "frames_sent": 0,
+            "packets_received": 0,
+            "bad_packets": 0,
+            "frames_decoded": 0,
+            "frames_fec": 0,
+            "frames_lost": 0,
+            "frames_late": 0,
+            "decode_errors": 0,
+            "stretches": 0,
+            "samples_decoded": 0,
+            "samples_concealed": 0,
+            "gaps_over_20ms": 0,
+            "starts": 0,
+            "idles": 0,
+        }
+        # -- device thread state (preallocated) --
+        self._capture = FrameRing(_CAPTURE_SLOTS, 2, FRAME)  # microphone, speaker
+        self._cap_fill = 0
+        self._cap_dropping = False
+        self._cap_expect_ns = 0
+        self._fifo = SampleRing(_FIFO_SAMPLES)
+        self._cb_ns = np.zeros(_CB_SLOTS, np.int64)  # monotonic time of each callback
+        self._cb_level = np.zeros(_CB_SLOTS, np.int64)  # FIFO samples before it read
+        self._cb_read = np.zeros(_CB_SLOTS, np.int64)  # FIFO read index before it read
+        self._cb_playout = np.zeros(_CB_SLOTS, np.int64)  # DAC time of its first sample
+        self._callbacks = 0
+        self._playing = False  # written by the playout thread only
+        self._capture_wake = _Wake()
+        self._playout_wake = _Wake()
+        # -- send side --
+        self.send_codec: AudioCodec | None = None
+        self.processing: AudioProcessing | None = None
+        self.process_ms = Histogram()
+        """Echo cancellation and encoding of one frame, ms."""
+        self.send_ms = Histogram()
+        """From a frame's last sample at the microphone (its capture time + 10 ms) to its packet sent, ms."""
+        if sending:
+            self.send_codec = open_codec(settings.codec, bitrate_bps=settings.bitrate_kbps * 1000)
+            self.processing = AudioProcessing(
+                echo_cancellation=settings.echo_cancellation,
+                noise_suppression=settings.noise_suppression,
+                gain_control=settings.gain_control,
+                stream_delay_ms=round(
+                    settings.acoustic_delay_ms
+                    + self.period_ms
+                    + device.output_latency_ms
+                    + device.input_latency_ms
+                ),
+            )
+        self._codec_id = AudioCodecId.OPUS if settings.codec == "opus" else AudioCodecId.PCM16
+        self._history: deque[bytes] = deque(maxlen=3)
+        # A random first frame number: a restarted twin's stream then resyncs the jitter buffer at once.
+        self._audio_seq = random.getrandbits(16)
+        # -- receive side (playout thread, and the jitter buffer under the lock) --
+        self.jitter = AudioJitterBuffer()
+        self.resampler = VariableResampler(channels=CHANNELS)
+        self.playout = PlayoutController(
+            period_ms=self.period_ms,
+            frame_ms=FRAME_MS,
+            guard_ms=GUARD_MS,
+            min_ms=settings.jitter_min_ms,
+            max_ms=settings.jitter_max_ms,
+        )
+        self.recv_codec: AudioCodec | None = open_codec(settings.codec) if receiving else None
+        self._peer_codec: int | None = None
+        self._stretched = 0  # samples concealed for the frame at ``next`` while waiting for it
+        self._conceal_run = 0  # samples concealed since the last decoded frame
+        self._idle_since_ns = 0
+        self.buffer_ms = Histogram()
+        """Smoothed wait of decoded audio before it plays (the playout buffer), ms, once per frame."""
+        self.buffer_error_ms = Histogram()
+        """|wait − target| once per frame while playing (from 2 s after the start), ms."""
+        self.arrival_ms = Histogram()
+        """From a frame's last sample at the twin's microphone to its arrival here, ms (one host only)."""
+        self.frame_wait_ms = Histogram()
+        """Each decoded frame's wait until its first sample plays, ms."""
+        self.latency_ms = Histogram()
+        """Sender's capture → our DAC time of each decoded frame, ms (meaningful on one host only)."""
+        self._play_started_ns = 0
+        self.av_offset_ms: float | None = None
+        self._audio_age_ms: float | None = None
+        self._last_sync_ns = 0
+
+    # -- life cycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the audio threads, then the sound card (which raises AudioDeviceError if it cannot open)."""
+        if self.sending:
+            self._threads.append(threading.Thread(target=self._guarded(self._send_loop), name="audio-send"))
+        if self.receiving:
+            self._threads.append(
+                threading.Thread(target=self._guarded(self._playout_loop), name="audio-playout")
+            )
+        # Python hands the interpreter lock to a waiting thread only every switch interval (5 ms by
+        # default): an audio thread woken on time would then still wait behind a video thread's Python
+        # code. 0.5 ms bounds that wait at a cost of a few more lock hand-overs a second.
+        sys.setswitchinterval(0.0005)
+        for t in self._threads:
+            t.daemon = True
+            t.start()
+        self.device.start(self.callback)
+        log.info(
+            "audio: %s, %.1f ms periods, %s %d kb/s, processing adds %.0f ms",
+            self.device.name,
+            self.period_ms,
+            self.settings.codec,
+            self.settings.bitrate_kbps,
+            self.processing.latency_ms if self.processing is not None else 0.0,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.device.stop()
+        self._capture_wake.set()
+        self._playout_wake.set()
+        for t in self._threads:
+            t.join(5.0)
+            if t.is_alive():
+                log.error("%s: did not stop within 5 s", t.name)
+        for codec in (self.send_codec, self.recv_codec):
+            if codec is not None:
+                codec.close()
+        self._capture_wake.close()
+        self._playout_wake.close()
+
+    def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                log.exception("%s: audio thread failed", threading.current_thread().name)
+                self._on_error(threading.current_thread().name, exc)
+
+        return run
+
+    # -- device thread -----------------------------------------------------------------------------------
+
+    def callback(self, mic: Block, speaker: Block, index: int, capture_ns: int, playout_ns: int) -> None:
+        """One period of the sound card (device thread): no locks, no array allocation."""
+        fifo = self._fifo
+        slot = self._callbacks % _CB_SLOTS
+        level = fifo.written - fifo.read
+        self._cb_read[slot] = fifo.read
+        self._cb_level[slot] = level
+        self._cb_playout[slot] = playout_ns
+        self._cb_ns[slot] = time.monotonic_ns()
+        got = fifo.read_into(speaker)
+        if got < len(speaker) and self._playing:
+            self.counters["underruns"] += 1
+        self._callbacks += 1
+        if self.tap is not None:
+            self.tap.on_played(speaker, playout_ns)
+        if self.sending:
+            self._gather(mic, speaker, index, capture_ns)
+
+    def _gather(self, mic: Block, speaker: Block, index: int, capture_ns: int) -> None:
+        """Collect microphone periods and the speaker periods played meanwhile into whole frames."""
+        ring = self._capture
+        n = len(mic)
+        if self._cap_fill and abs(capture_ns - self._cap_expect_ns) > self._period_ns // 2:
+            # A gap in the stream (the device was lost and came back): start a fresh frame.
+            self._cap_fill = 0
+        if self._cap_fill == 0:
+            self._cap_dropping = ring.written - ring.read >= ring.slots
+            if self._cap_dropping:
+                self.counters["capture_overruns"] += 1
+            else:
+                stamp = ring.stamps[ring.written % ring.slots]
+                stamp[0] = index * n
+                stamp[1] = capture_ns
+        self._cap_expect_ns = capture_ns + self._period_ns
+        if not self._cap_dropping:
+            slot = ring.written % ring.slots
+            np.copyto(ring.blocks[0, slot, self._cap_fill : self._cap_fill + n], mic)
+            np.copyto(ring.blocks[1, slot, self._cap_fill : self._cap_fill + n], speaker)
+        self._cap_fill += n
+        if self._cap_fill >= FRAME:
+            self._cap_fill = 0
+            if not self._cap_dropping:
+                ring.written += 1
+                self._capture_wake.set()
+
+    # -- send thread -------------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        make_realtime("audio-send")
+        ring = self._capture
+        processing, codec = self.processing, self.send_codec
+        assert processing is not None and codec is not None
+        while not self._stop.is_set():
+            self._capture_wake.wait(0.1)
+            while ring.written - ring.read > 0 and not self._stop.is_set():
+                slot = ring.read % ring.slots
+                mic, speaker = ring.blocks[0, slot], ring.blocks[1, slot]
+                first_sample, capture_ns = int(ring.stamps[slot, 0]), int(ring.stamps[slot, 1])
+                t0 = time.perf_counter_ns()
+                out = processing.process(mic, speaker)
+                if self.tap is not None:
+                    self.tap.on_processed(first_sample, capture_ns, mic, speaker, out)
+                ring.read += 1
+                data = codec.encode(out)
+                self.process_ms.record((time.perf_counter_ns() - t0) / 1e6)
+                self._send(data, capture_ns)
+                self.send_ms.record((time.monotonic_ns() - capture_ns - FRAME_NS) / 1e6)
+
+    def redundancy(self) -> int:
+        """Earlier frames each packet repeats now: none while the twin sees no loss, more as it sees more."""
+        most = self.settings.redundancy
+        loss = self.transport.loss.loss
+        if most == 0 or loss < 0.0005:
+            return 0
+        return min(most, 1 if loss < 0.03 else 2 if loss < 0.15 else 3)
+
+    def _send(self, data: bytes, capture_ns: int) -> None:
+        r = min(self.redundancy(), len(self._history))
+        history = list(self._history)
+        frames = (data, *reversed(history[len(history) - r :])) if r else (data,)
+        pkt = AudioPacket(
+            seq=self.transport.next_seq(),
+            audio_seq=self._audio_seq,
+            codec=self._codec_id,
+            capture_us=capture_ns // 1000,
+            frame_samples=FRAME,
+            frames=frames,
+        )
+        self.transport.send(pkt, media=True)
+        self._history.append(data)
+        self._audio_seq = (self._audio_seq + 1) & 0xFFFF
+        self.counters["frames_sent"] += 1
+
+    def rate_bps(self) -> int:
+        """What audio sends, bit/s: frames (with their copies) and per-packet overhead."""
+        per_frame = self.settings.bitrate_kbps * 1000 if self.settings.codec == "opus" else 1_536_000
+        return int(per_frame * (1 + self.redundancy()) + _OVERHEAD_BITS * 1000 / FRAME_MS)
+
+    # -- network thread ----------------------------------------------------------------------------------
+
+    def on_packet(self, pkt: AudioPacket, now_ns: int) -> None:
+        """An audio packet from the twin (network thread): into the jitter buffer; wake the playout thread."""
+        if not self.receiving:
+            return
+        self.counters["packets_received"] += 1
+        expected = AudioCodecId.OPUS if self.settings.codec == "opus" else AudioCodecId.PCM16
+        if pkt.frame_samples != FRAME or pkt.codec != expected:
+            # This version sends only 10 ms frames of the configured codec; anything else is counted, dropped.
+            self.counters["bad_packets"] += 1
+            return
+        step_us = FRAME * 1_000_000 // SAMPLE_RATE
+        with self._lock:
+            for k, frame in enumerate(pkt.frames):
+                self.jitter.put(
+                    (pkt.audio_seq - k) & 0xFFFF, pkt.capture_us - k * step_us, frame, now_ns, redundant=k > 0
+                )
+        self._playout_wake.set()
+
+    # -- playout thread ----------------------------------------------------------------------------------
+
+    def _playout_loop(self) -> None:
+        make_realtime("audio-playout")
+        while not self._stop.is_set():
+            self._playout_wake.wait(self._sleep_s())
+            if self._stop.is_set():
+                return
+            now = time.monotonic_ns()
+            self._follow_callbacks(now)
+            self._play_ready(now)
+            self._cover_next_callback()
+            if self.tap is not None:
+                self.tap.poll()
+            if now - self._last_sync_ns > 1_000_000_000:
+                self._last_sync_ns = now
+                self._update_lip_sync()
+                if self.tap is not None:
+                    self.tap.on_second(now, dict(self.counters))
+
+    def _last_callback(self) -> tuple[int, int, int, int] | None:
+        """(time, level, read index, playout ns) of the newest callback, or None before the first."""
+        n = self._callbacks
+        if n == 0:
+            return None
+        s = (n - 1) % _CB_SLOTS
+        return int(self._cb_ns[s]), int(self._cb_level[s]), int(self._cb_read[s]), int(self._cb_playout[s])
+
+    def _next_callback_ns(self, now: int) -> int | None:
+        """Predicted time of the next callback after ``now``, or None while the device is silent."""
+        last = self._last_callback()
+        if last is None or now - last[0] > STALE_DEVICE_MS * 1e6:
+            return None
+        t = last[0] + self._period_ns
+        if t <= now:
+            t += ((now - t) // self._period_ns + 1) * self._period_ns
+        return t
+
+    def _sleep_s(self) -> float:
+        """Until the next guard deadline (when the FIFO cannot cover the next callback), else 20 ms."""
+        if not self._playing:
+            return 0.02
+        now = time.monotonic_ns()
+        t = self._next_callback_ns(now)
+        if t is None:
+            return 0.02
+        deadline = t - GUARD_MS * 1e6 + self._covered_periods() * self._period_ns
+        return min(0.02, max(0.0, (deadline - now) / 1e9))
+
+    def _covered_periods(self) -> int:
+        """Whole callbacks the FIFO can serve from now (what the resampler holds is its look-ahead, not
+        playable until more comes)."""
+        return self._fifo.level // self.period
+
+    def _follow_callbacks(self, now: int) -> None:
+        """Notice a sound card that stopped calling back."""
+        if self._playing and self._next_callback_ns(now) is None:
+            log.warning("audio: the sound card stopped calling back; playout waits")
+            self._go_idle()
+
+    def _play_ready(self, now: int) -> None:
+        """Decode every frame that can play in order now."""
+        codec = self.recv_codec
+        assert codec is not None
+        while True:
+            with self._lock:
+                if not self._playing and self.jitter.peek() is None:
+                    # A first frame, or a stream after an idle spell: start from the newest state.
+                    return
+                kind, frame = self.jitter.pop()
+            if kind != "frame" or frame is None:
+                return
+            if not self._playing:
+                if self._next_callback_ns(now) is None:
+                    with self._lock:
+                        self.jitter.reset()
+                    return
+                self._start_playing(now)
+            if self._stretched:
+                # It came after all: play it after the stretch (the controller already heard it was late).
+                self._stretched = 0
+            try:
+                pcm = codec.decode(frame.payload)
+            except CodecError:
+                self.counters["decode_errors"] += 1
+                pcm = codec.conceal()
+                self._concealed(len(pcm))
+            else:
+                self.counters["frames_decoded"] += 1
+                self.arrival_ms.record((frame.arrival_ns - frame.capture_us * 1000 - FRAME_NS) / 1e6)
+                if not frame.redundant and now - frame.arrival_ns < 2 * self._period_ns:
+                    self._report_wait(now)
+                self._decoded(len(pcm))
+            self._push(pcm, frame.capture_us)
+
+    def _report_wait(self, now: int) -> None:
+        """Tell the controller this frame's wait (until its first sample plays) and slack (until the guard
+        time before the callback that first needs it), both from now, in ms; it answers the ratio."""
+        t = self._next_callback_ns(now)
+        if t is None:
+            return
+        # What the resampler holds is its look-ahead: it plays before this frame but cannot cover a
+        # callback until more input comes, so it counts in the wait and not in the slack.
+        playable = self._fifo.level
+        to_callback = (t - now) / 1e6
+        wait = to_callback + (playable + self.resampler.buffered_samples) * 1000 / SAMPLE_RATE
+        slack = to_callback + (playable // self.period) * self.period_ms
+        self.playout.on_frame(wait, slack, now)
+        self.frame_wait_ms.record(wait)
+        smoothed = self.playout.wait_ms
+        if smoothed is not None:
+            self.buffer_ms.record(smoothed)
+            if now - self._play_started_ns > 2_000_000_000:
+                self.buffer_error_ms.record(abs(smoothed - self.playout.target_ms))
+
+    def _cover_next_callback(self) -> None:
+        """Conceal when a callback is due within the guard time and the FIFO cannot cover it."""
+        if not self._playing:
+            return
+        now = time.monotonic_ns()
+        t = self._next_callback_ns(now)
+        if t is None or self._covered_periods() > 0 or now < t - GUARD_MS * 1e6:
+            return
+        codec = self.recv_codec
+        assert codec is not None
+        with self._lock:
+            kind, frame = self.jitter.pop()
+            following = self.jitter.following() if kind == "missing" else None
+            if kind == "missing":
+                self.jitter.skip()
+        if kind == "frame" and frame is not None:
+            # Arrived between our look and now: play it.
+            self._push(self._decode_or_conceal(codec, frame.payload), frame.capture_us)
+            return
+        self.playout.on_late(now)
+        if kind == "missing":
+            # A later frame is here: this one is lost. Rebuild it from in-band FEC, or conceal what is left.
+            self.counters["frames_lost"] += 1
+            rebuilt = codec.decode_fec(following.payload) if following is not None else None
+            if rebuilt is not None:
+                self.counters["frames_fec"] += 1
+                self._decoded(len(rebuilt))
+                pcm = rebuilt[self._stretched :] if self._stretched < FRAME else rebuilt[:0]
+            else:
+                pcm = codec.conceal(max(120, FRAME - self._stretched))
+                self._concealed(len(pcm))
+            self._stretched = 0
+            self._push(pcm, None)
+            return
+        # Nothing has arrived: stretch by one period and keep waiting for the frame.
+        if self._conceal_run >= IDLE_AFTER_MS * SAMPLE_RATE / 1000:
+            self._go_idle()
+            return
+        pcm = codec.conceal(self.period)
+        self.counters["stretches"] += 1
+        self._concealed(len(pcm))
+        self._stretched += len(pcm)
+        if self._stretched >= FRAME:
+            # A whole frame's worth waited for: give the frame up (a copy that comes later is dropped).
+            with self._lock:
+                self.jitter.skip()
+            self.counters["frames_lost"] += 1
+            self._stretched = 0
+        self._push(pcm, None)
+
+    def _decode_or_conceal(self, codec: AudioCodec, payload: bytes) -> Block:
+        try:
+            pcm = codec.decode(payload)
+        except CodecError:
+            self.counters["decode_errors"] += 1
+            pcm = codec.conceal()
+            self._concealed(len(pcm))
+            return pcm
+        self.counters["frames_decoded"] += 1
+        self._decoded(len(pcm))
+        return pcm
+
+    def _decoded(self, samples: int) -> None:
+        self.counters["samples_decoded"] += samples
+        if self._conceal_run > 2 * FRAME:
+            self.counters["gaps_over_20ms"] += 1
+        self._conceal_run = 0
+
+    def _concealed(self, samples: int) -> None:
+        self.counters["samples_concealed"] += samples
+        self._conceal_run += samples
+
+    def _push(self, pcm: Block, capture_us: int | None) -> None:
+        """Resample ``pcm`` at the controller's ratio into the FIFO; note the frame's age when it plays."""
+        if capture_us is not None:
+            last = self._last_callback()
+            if last is not None:
+                # The frame's first sample sits after what the FIFO and the resampler already hold.
+                position = self._fifo.written + self.resampler.buffered_samples
+                dac_ns = last[3] + (position - last[2]) * 1e9 / SAMPLE_RATE
+                age = (dac_ns - capture_us * 1000) / 1e6
+                self.latency_ms.record(age)
+                self._audio_age_ms = (
+                    age if self._audio_age_ms is None else 0.9 * self._audio_age_ms + 0.1 * age
+                )
+        self.resampler.push(pcm)
+        out = self.resampler.pull(self.playout.ratio)
+        written = self._fifo.write(out)
+        if written < len(out):
+            # Cannot happen while the controller works (the FIFO holds a second); drop rather than block.
+            log.warning("audio: playout FIFO full, %d samples dropped", len(out) - written)
+
+    def _start_playing(self, now: int) -> None:
+        self._playing = True
+        self._play_started_ns = now
+        self._conceal_run = 0
+        self._stretched = 0
+        self.counters["starts"] += 1
+        self.playout.reset()
+        # Start at the target wait: the first frame arrives at an arbitrary phase to the callbacks.
+        t = self._next_callback_ns(now)
+        to_callback = 0.0 if t is None else (t - now) / 1e6
+        prime = int(max(0.0, self.playout.target_ms - to_callback) * SAMPLE_RATE / 1000)
+        if prime:
+            self._fifo.write(np.zeros((prime, CHANNELS), np.float32))
+        log.info("audio: playing the twin's audio (target %.1f ms)", self.playout.target_ms)
+
+    def _go_idle(self) -> None:
+        """The twin stopped sending (or our sound card did): silence, and a clean start when audio returns."""
+        self._playing = False
+        self.counters["idles"] += 1
+        # What was concealed while waiting was the twin's silence, not loss.
+        self.counters["samples_concealed"] -= min(self._conceal_run, self.counters["samples_concealed"])
+        self._conceal_run = 0
+        self._stretched = 0
+        with self._lock:
+            self.jitter.reset()
+        self.resampler.reset()
+        if self.recv_codec is not None:
+            self.recv_codec.reset()
+        log.info("audio: the twin's audio stopped; playing silence")
+
+    def _update_lip_sync(self) -> None:
+        """Once a second: the audio–video offset, and which of the two to hold back for it.
+
+        Both ages are ``play time − the sender's capture time``; audio's adds what the twin's processing
+        and codec delay the sound inside its frames (taken from our own settings: twins share them). The
+        offset is steered toward +10 ms (audio slightly after video, the direction people notice least):
+        audio playing later than that makes the display hold pictures back (never more than 40 ms); video
+        playing later than audio makes the playout target hold audio back.
+        """
+        if self._video_age_ms is None or self._audio_age_ms is None:
+            return
+        video = self._video_age_ms()
+        if video is None:
+            return
+        content_ms = (self._content_delay_samples + self.resampler.buffered_samples) * 1000 / SAMPLE_RATE
+        offset = self._audio_age_ms + content_ms - video
+        self.av_offset_ms = offset if self.av_offset_ms is None else 0.7 * self.av_offset_ms + 0.3 * offset
+        if not self.settings.lip_sync:
+            return
+        error = self.av_offset_ms - LIP_SYNC_TARGET_MS
+        if self._hold_video is not None and (self.video_hold_ms > 0 or error > 5.0):
+            # Audio is late: the picture waits (and stops waiting as soon as audio catches up).
+            self.video_hold_ms = min(max(self.video_hold_ms + 0.5 * error, 0.0), MAX_VIDEO_HOLD_MS)
+            self._hold_video(self.video_hold_ms)
+        hold = self.playout.hold_ms
+        if self.av_offset_ms < -5.0 and self.video_hold_ms == 0:
+            hold += -self.av_offset_ms
+        elif self.av_offset_ms > 5.0 and hold > 0:
+            hold -= min(hold, self.av_offset_ms)
+        self.playout.hold_ms = min(hold, self.settings.jitter_max_ms)
+
+    # -- statistics --------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        c = dict(self.counters)
+        c["callbacks"] = self._callbacks
+        total = c["samples_decoded"] + c["samples_concealed"]
+        with self._lock:
+            jitter = self.jitter.stats()
+        c["frames_late"] = jitter["late"]
+        out: dict[str, Any] = {
+            "device": self.device.name,
+            "device_stats": self.device.stats(),
+            "period_ms": self.period_ms,
+            "input_latency_ms": self.device.input_latency_ms,
+            "output_latency_ms": self.device.output_latency_ms,
+            "codec": self.settings.codec,
+            "bitrate_kbps": self.settings.bitrate_kbps,
+            "redundancy": self.redundancy(),
+            "playing": self._playing,
+            **c,
+            "concealed_percent": round(100 * c["samples_concealed"] / total, 3) if total else 0.0,
+            "jitter_buffer": jitter,
+            "playout": self.playout.stats(),
+            "drift_ppm": round(self.playout.drift_ppm, 1),
+            "buffer_ms": self.buffer_ms.snapshot(),
+            "buffer_error_ms": self.buffer_error_ms.snapshot(),
+            "latency_ms": self.latency_ms.snapshot(),
+            "av_offset_ms": None if self.av_offset_ms is None else round(self.av_offset_ms, 1),
+            "video_hold_ms": round(self.video_hold_ms, 1),
+            "process_ms": self.process_ms.snapshot(),
+            "send_ms": self.send_ms.snapshot(),
+            "arrival_ms": self.arrival_ms.snapshot(),
+            "frame_wait_ms": self.frame_wait_ms.snapshot(),
+        }
+        if self.processing is not None:
+            out["processing"] = self.processing.stats()
+        return out

@@ -1,0 +1,161 @@
+"""Audio through whole engines on loopback: real Opus, real AEC3, real UDP, the synthetic room.
+
+A "mirror" engine (peer address = its own) sends its microphone to itself, so one engine exercises the
+whole audio path: sound card callback → echo cancellation → Opus → UDP → jitter buffer → decode → playout.
+"""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.bench.audio_tap import BenchAudioTap
+from app.bench.recorder import StampRecorder
+from app.engine.engine import Engine
+from app.net.protocol import AudioCodecId, AudioPacket
+from tests.engine.conftest import small_settings, wait_for
+
+
+def run_engine(engine: Engine) -> tuple[threading.Event, threading.Thread, list[int]]:
+    stop = threading.Event()
+    status: list[int] = []
+    engine.start()
+    t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
+    t.start()
+    return stop, t, status
+
+
+def audio(engine: Engine) -> dict:
+    return engine.stats()["audio"]
+
+
+@pytest.mark.parametrize("codec", ["opus", "pcm"])
+def test_mirror_plays_its_own_voice_with_markers_intact(tmp_path: Path, codec: str) -> None:
+    settings = small_settings(
+        tmp_path, audio={"codec": codec, "talker": "markers", "markers_every_s": 0.25, "room_noise_dbfs": -80}
+    )
+    tap = BenchAudioTap(period=240)
+    engine = Engine(settings, audio_tap=tap)
+    assert engine.audio is not None
+    tap.device = engine.audio.device
+    stop, t, status = run_engine(engine)
+    try:
+        wait_for(lambda: audio(engine)["frames_decoded"] >= 300, what="3 s of audio")
+        wait_for(lambda: len(tap.detected_ns) >= 8, what="markers heard at the speaker")
+        stats = audio(engine)
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0]
+    assert stats["playing"] and stats["codec"] == codec
+    assert stats["decode_errors"] == 0 and stats["bad_packets"] == 0
+    assert stats["concealed_percent"] < 5.0
+    # Every marker heard was one the room put in the microphone, heard once.
+    emitted = engine.audio.device.markers_emitted()
+    for heard in tap.detected_ns:
+        assert any(0 < heard - e < 200_000_000 for e in emitted)
+    assert len(tap.detected_ns) <= len(emitted)
+
+
+def test_bad_audio_packets_are_concealed_and_counted(tmp_path: Path) -> None:
+    engine = Engine(small_settings(tmp_path))
+    assert engine.audio is not None
+    port = engine.settings.network.listen_port
+    stop, t, status = run_engine(engine)
+    twin = engine.link.sock  # the only socket with the twin's address (a mirror engine's own)
+    try:
+        wait_for(lambda: audio(engine)["frames_decoded"] >= 100, what="audio flowing")
+        decoded = audio(engine)["frames_decoded"]
+
+        def send(pkt: AudioPacket) -> None:
+            twin.sendto(bytes(pkt), ("127.0.0.1", port))
+
+        ahead = engine.audio._audio_seq
+        for i in range(20):
+            # Undecodable Opus for frames the sender has not sent yet: stored first, decoded, concealed.
+            send(
+                AudioPacket(
+                    engine.transport.next_seq(),
+                    (ahead + 5 + 3 * i) & 0xFFFF,
+                    AudioCodecId.OPUS,
+                    1,
+                    480,
+                    (b"\xff",),
+                )
+            )
+            # A codec or frame size this version does not send.
+            send(
+                AudioPacket(engine.transport.next_seq(), ahead, AudioCodecId.PCM16, 1, 480, (b"\x00" * 1920,))
+            )
+            send(AudioPacket(engine.transport.next_seq(), ahead, AudioCodecId.OPUS, 1, 960, (b"\x01",)))
+            # Truncated: not even parsed.
+            twin.sendto(
+                bytes(AudioPacket(engine.transport.next_seq(), ahead, 1, 1, 480, (b"abcdef",)))[:-3],
+                ("127.0.0.1", port),
+            )
+        wait_for(lambda: audio(engine)["frames_decoded"] >= decoded + 200, what="audio after the garbage")
+        stats = engine.stats()
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0]
+    a = stats["audio"]
+    assert a["decode_errors"] >= 10
+    assert a["bad_packets"] == 40
+    assert stats["network"]["malformed"] >= 20
+    assert a["playing"]
+
+
+def test_sound_card_lost_mid_call_is_reported_reopened_and_video_keeps_going(tmp_path: Path) -> None:
+    rec = StampRecorder(psnr_every=0)
+    engine = Engine(small_settings(tmp_path), sink_hook=rec)
+    assert engine.audio is not None
+    device = engine.audio.device
+    device.reopen_interval_s = 0.1  # type: ignore[attr-defined]
+    stop, t, status = run_engine(engine)
+    try:
+        wait_for(lambda: audio(engine)["frames_decoded"] >= 100, what="audio flowing")
+        device.unplug()  # type: ignore[attr-defined]
+        wait_for(lambda: audio(engine)["device_stats"]["lost"], what="the loss noticed")
+        shown = len(rec.records)
+        wait_for(lambda: len(rec.records) >= shown + 20, what="video while the sound card is gone")
+        device.replug()  # type: ignore[attr-defined]
+        wait_for(lambda: audio(engine)["device_stats"]["reopened"] == 1, what="the sound card back")
+        decoded = audio(engine)["frames_decoded"]
+        wait_for(lambda: audio(engine)["frames_decoded"] >= decoded + 100, what="audio again")
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0]
+    assert not any(r.corrupt for r in rec.records)
+
+
+def test_the_sound_card_callback_allocates_no_arrays(tmp_path: Path) -> None:
+    engine = Engine(small_settings(tmp_path))
+    a = engine.audio
+    assert a is not None
+    a._fifo.write(np.full((20_000, 2), 0.1, np.float32))
+    mic = np.zeros((240, 2), np.float32)
+    speaker = np.zeros((240, 2), np.float32)
+    for i in range(10):
+        a.callback(mic, speaker, i, i * 5_000_000, i * 5_000_000)
+    a._capture.read = a._capture.written
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for i in range(10, 70):
+            a.callback(mic, speaker, i, i * 5_000_000, i * 5_000_000)
+            a._capture.read = a._capture.written  # the send thread's part, done here
+        end, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        engine.link.close()
+    # A (240, 2) float32 block alone is 1920 bytes: none was made. Python's own small ints come and go.
+    assert peak - start < 1000
+    assert end - start < 200
+    assert np.all(speaker == np.float32(0.1))
