@@ -131,3 +131,16 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError for frozen models
         s.video = s.video  # type: ignore[misc]
+
+
+def test_audio_period_is_one_of_three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(write(tmp_path, "[audio]\nperiod_ms = 10\n")).audio.period_ms == 10.0
+    monkeypatch.setenv("DOORWAY_AUDIO__PERIOD_MS", "2.5")
+    assert load_settings(write(tmp_path, "")).audio.period_ms == 2.5
+    monkeypatch.delenv("DOORWAY_AUDIO__PERIOD_MS")
+    with pytest.raises(SettingsError, match=r"audio\.period_ms = 3.*must be 2\.5, 5 or 10"):
+        load_settings(write(tmp_path, "[audio]\nperiod_ms = 3\n"))
+    with pytest.raises(
+        SettingsError, match=r"audio\.bitrate_kbps = 600 is out of range \(allowed: 6 to 510\)"
+    ):
+        load_settings(write(tmp_path, "[audio]\nbitrate_kbps = 600\n"))

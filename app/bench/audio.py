@@ -4,16 +4,16 @@ Two ``doorway engine`` processes run on loopback (through the impairment relay w
 as ``bench video``) with the synthetic sound card and a small video stream both ways (for lip sync). The
 rooms are scripted:
 
-- doorway **a** is the talker: speech that alternates (2 s on, 2 s off) with a latency marker every
-  0.5 s; its sound card's clock may run ``--drift-ppm`` fast;
-- doorway **b** talks all the time.
+- doorway **a** is the mouth: speech all the time with a latency marker every 0.5 s; its sound card's
+  clock may run ``--drift-ppm`` fast;
+- doorway **b** is the ear: its own talker alternates (2 s on, 2 s off), with no markers.
 
-So at **a** the microphone hears the far end alone while a's talker pauses (ERLE is measured there, from one
-second into each pause) and both at once while it talks (double talk: how much of a's clean voice survives
-echo cancellation, from the room's ground truth). Mouth-to-ear runs a → b: from the capture callback whose
-block carries a marker to the playback callback at b that plays it (both CLOCK_MONOTONIC on this host); the
-sound cards' own buffers are reported apart. Underruns, concealment, gaps, buffer level, drift and the
-audio–video offset come from b's statistics, since b is the ear.
+Mouth-to-ear runs a → b: from the moment a marker's first sample reaches a's microphone to the moment it
+leaves b's speaker (both CLOCK_MONOTONIC on this host), less the sound cards' own buffering (a's capture
+period and input latency, b's output latency), which is reported apart. Echo cancellation is measured at
+b, which hears a's voice from its speaker all the time: ERLE while b's talker pauses (from one second into
+each pause), and in double talk how much of b's clean voice survives, from the room's ground truth.
+Underruns, concealment, gaps, buffer level, drift and the audio–video offset come from b's statistics.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-ppm", type=float, default=0.0, help="how fast a's sound card runs against b's")
     p.add_argument("--echo-delay-ms", type=float, default=40.0, help="room echo path delay (ms)")
     p.add_argument("--rt60-ms", type=float, default=300.0, help="room reverberation time (ms)")
+    p.add_argument(
+        "--noise-dbfs",
+        type=float,
+        default=-70.0,
+        help="microphone noise floor of both rooms (dBFS); ERLE cannot be measured above echo-to-noise",
+    )
     p.add_argument("--period-ms", type=float, default=5.0, choices=[2.5, 5.0, 10.0], help="sound card period")
     p.add_argument(
         "--noise-suppression", action="store_true", help="turn WebRTC noise suppression on (adds 6 ms)"
@@ -68,11 +74,12 @@ def _settings(opts: argparse.Namespace, name: str, port: int, peer: int) -> dict
         "bitrate_kbps": opts.bitrate_kbps,
         "room_echo_delay_ms": opts.echo_delay_ms,
         "room_rt60_ms": opts.rt60_ms,
+        "room_noise_dbfs": opts.noise_dbfs,
         "acoustic_delay_ms": opts.echo_delay_ms,
         "period_ms": opts.period_ms,
         "noise_suppression": opts.noise_suppression,
         "talker": "speech",
-        "talk_pattern": "alternate" if talker_a else "always",
+        "talk_pattern": "always" if talker_a else "alternate",
         "talk_s": 2.0,
     }
     if talker_a:
@@ -108,7 +115,10 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> list[float]:
-    """Latency (ms) of each marker emitted inside [lo, hi): the first detection within 400 ms after it."""
+    """Latency (ms) of each marker emitted inside [lo, hi): the first detection within 400 ms after it.
+
+    Markers come every 500 ms, so a detection cannot belong to the next one; a marker lost to the network
+    and concealed may not be detected at all, and then has no latency."""
     det = sorted(detected)
     out: list[float] = []
     j = 0
@@ -122,14 +132,14 @@ def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> l
 
 
 def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float]:
-    """ERLE over far-end-only frames, and the near talker's loss in double talk, from a's frame records.
+    """ERLE over far-end-only frames, and the near talker's loss in double talk, from b's frame records.
 
-    ERLE: frames of a's pauses from 1 s into each pause (so the canceller has had a second of far end to
-    itself), where the far end is audible at the microphone and no latency marker is in the frame or the
-    two before it (a marker is near-end sound, and the processing delays it by ~9 ms): microphone power
-    over output power, summed. Double talk: frames where a's talker talks and the far end is audible; the
-    loss is −20·log10(g), g the least-squares gain of the clean near talker (delayed by the processing) in
-    the output. Residual echo and noise are uncorrelated with the near talker, so they do not count.
+    ERLE: frames of b's pauses from 1 s into each pause (so the canceller has had a second of far end to
+    itself), where the far end is audible at the microphone and b's own room put no near-end sound in the
+    frame or the two before it (the processing delays it by ~9 ms): microphone power over output power,
+    summed. Double talk: frames where b's talker talks and the far end is audible; the loss is
+    −20·log10(g), g the least-squares gain of the clean near talker (delayed by the processing) in the
+    output. Residual echo and noise are uncorrelated with the near talker, so they do not count.
     """
     mic_far = out_far = 0.0
     dot = nn = 0.0
@@ -261,6 +271,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         },
         "period_ms": opts.period_ms,
         "noise_suppression": opts.noise_suppression,
+        "room": {"echo_delay_ms": opts.echo_delay_ms, "rt60_ms": opts.rt60_ms, "noise_dbfs": opts.noise_dbfs},
         "gaps_over_20ms": window.get("gaps_over_20ms"),
         "concealed_percent": round(100 * concealed / (decoded + concealed), 3)
         if decoded + concealed
@@ -268,7 +279,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "underruns": window.get("underruns"),
         "frames_lost": window.get("frames_lost"),
         "overruns": mouth.get("capture_overruns", 0) + ear.get("capture_overruns", 0),
-        **echo_metrics(doc_a["audio"]["blocks"], lo, hi),
+        **echo_metrics(doc_b["audio"]["blocks"], lo, hi),
         "drift_ppm": ear.get("drift_ppm"),
         "buffer_ms": {"mean": buffer.get("mean"), "max": buffer.get("max")},
         "buffer_error_ms": ear.get("buffer_error_ms"),

@@ -48,8 +48,8 @@ import numpy.typing as npt
 
 from app.audio.codec import AudioCodec, CodecError, open_codec
 from app.audio.device import CHANNELS, FRAME, FRAME_NS, SAMPLE_RATE, AudioDevice, make_realtime
-from app.audio.jitter import AudioJitterBuffer
-from app.audio.playout import PlayoutController
+from app.audio.jitter import AudioJitterBuffer, seq16_diff
+from app.audio.playout import PlayoutController, RateEstimator, drift_ppm
 from app.audio.processing import AudioProcessing, processing_latency_samples
 from app.audio.resample import VariableResampler
 from app.audio.ring import FrameRing, SampleRing
@@ -251,6 +251,13 @@ class AudioEngine:
         self.latency_ms = Histogram()
         """Sender's capture → our DAC time of each decoded frame, ms (meaningful on one host only)."""
         self._play_started_ns = 0
+        self._far_rate = RateEstimator()
+        """The twin's frames (×480 samples) against their capture times: its sound card's rate."""
+        self._near_rate = RateEstimator()
+        """Our callbacks (× period) against their wall times: our sound card's rate."""
+        self._far_frames = 0
+        self._far_seq: int | None = None
+        self._rate_seen_callbacks = 0
         self.av_offset_ms: float | None = None
         self._audio_age_ms: float | None = None
         self._last_sync_ns = 0
@@ -482,7 +489,12 @@ class AudioEngine:
         return self._fifo.level // self.period
 
     def _follow_callbacks(self, now: int) -> None:
-        """Notice a sound card that stopped calling back."""
+        """Fit our sound card's rate from its callbacks; notice one that stopped calling back."""
+        n = self._callbacks
+        if n - self._rate_seen_callbacks >= 20:
+            # One point every ~100 ms is plenty for a 30 s fit.
+            self._rate_seen_callbacks = n
+            self._near_rate.add(int(self._cb_ns[(n - 1) % _CB_SLOTS]), (n - 1) * self.period)
         if self._playing and self._next_callback_ns(now) is None:
             log.warning("audio: the sound card stopped calling back; playout waits")
             self._go_idle()
@@ -506,8 +518,12 @@ class AudioEngine:
                     return
                 self._start_playing(now)
             if self._stretched:
-                # It came after all: play it after the stretch (the controller already heard it was late).
+                # It came after all, late: play it after the stretch, and let the target learn the lateness
+                # (told now, not when stretching: a twin that stopped sending is not jitter). A copy that
+                # came in the next packet is a loss repaired, not jitter: it raises nothing.
                 self._stretched = 0
+                if not frame.redundant:
+                    self.playout.on_late(now)
             try:
                 pcm = codec.decode(frame.payload)
             except CodecError:
@@ -517,6 +533,11 @@ class AudioEngine:
             else:
                 self.counters["frames_decoded"] += 1
                 self.arrival_ms.record((frame.arrival_ns - frame.capture_us * 1000 - FRAME_NS) / 1e6)
+                # Frame numbers, not frames decoded: a lost frame still took the twin's card 10 ms.
+                if self._far_seq is not None:
+                    self._far_frames += seq16_diff(frame.seq, self._far_seq)
+                self._far_seq = frame.seq
+                self._far_rate.add(frame.capture_us * 1000, self._far_frames * FRAME)
                 if not frame.redundant and now - frame.arrival_ns < 2 * self._period_ns:
                     self._report_wait(now)
                 self._decoded(len(pcm))
@@ -561,7 +582,6 @@ class AudioEngine:
             # Arrived between our look and now: play it.
             self._push(self._decode_or_conceal(codec, frame.payload), frame.capture_us)
             return
-        self.playout.on_late(now)
         if kind == "missing":
             # A later frame is here: this one is lost. Rebuild it from in-band FEC, or conceal what is left.
             self.counters["frames_lost"] += 1
@@ -652,6 +672,8 @@ class AudioEngine:
     def _go_idle(self) -> None:
         """The twin stopped sending (or our sound card did): silence, and a clean start when audio returns."""
         self._playing = False
+        self._far_rate.reset()  # a restarted twin's clock and frame count start afresh
+        self._far_seq = None
         self.counters["idles"] += 1
         # What was concealed while waiting was the twin's silence, not loss.
         self.counters["samples_concealed"] -= min(self._conceal_run, self.counters["samples_concealed"])
@@ -704,6 +726,7 @@ class AudioEngine:
         with self._lock:
             jitter = self.jitter.stats()
         c["frames_late"] = jitter["late"]
+        measured_drift = drift_ppm(self._far_rate, self._near_rate)
         out: dict[str, Any] = {
             "device": self.device.name,
             "device_stats": self.device.stats(),
@@ -718,7 +741,7 @@ class AudioEngine:
             "concealed_percent": round(100 * c["samples_concealed"] / total, 3) if total else 0.0,
             "jitter_buffer": jitter,
             "playout": self.playout.stats(),
-            "drift_ppm": round(self.playout.drift_ppm, 1),
+            "drift_ppm": None if measured_drift is None else round(measured_drift, 1),
             "buffer_ms": self.buffer_ms.snapshot(),
             "buffer_error_ms": self.buffer_error_ms.snapshot(),
             "latency_ms": self.latency_ms.snapshot(),

@@ -141,6 +141,8 @@ class Engine:
         self.audio: AudioEngine | None = None
         if settings.audio.enabled:
             self.audio = self._make_audio(audio_tap)
+            # Audio packets go through the network thread: it must wake as promptly as the audio threads.
+            self.network.realtime = True
         self.control: ControlServer | None = None
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app.audio.device import make_realtime
 from app.engine.metrics import Histogram
 from app.engine.stage import Inbox, Stage
 from app.engine.transport import Transport
@@ -127,6 +128,12 @@ class NetworkStage(Stage):
         self.last_peer_packet_ns = 0
         self.assembly_ms = Histogram()
         self.transit_ms = Histogram()
+        self.realtime = False
+        """Run at real-time priority (set when audio is on: audio packets are handed on from here)."""
+
+    def setup(self) -> None:
+        if self.realtime:
+            make_realtime("network")
 
     def run_once(self) -> None:
         got = self.link.recv(0.002)

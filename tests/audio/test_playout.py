@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from app.audio.playout import PlayoutController
+from app.audio.playout import PlayoutController, RateEstimator, drift_ppm
 
 F = 10.0
 
@@ -159,3 +159,14 @@ def test_bounds_and_ratio_limits():
     assert c.on_frame(500.0, 400.0, 1_000_000_000) == pytest.approx(1.02)
     with pytest.raises(ValueError):
         PlayoutController(period_ms=20.0)
+
+
+def test_rate_estimator_measures_drift_through_jitter():
+    rng = random.Random(3)
+    far, near = RateEstimator(), RateEstimator()
+    for k in range(3000):  # 30 s of 10 ms frames from a card 200 ppm fast, each stamped ±1 ms late
+        t = k * 10_000_000 / (1 + 200e-6)
+        far.add(int(t + rng.uniform(0, 1e6)), k * 480)
+        near.add(int(k * 10_000_000 + rng.uniform(0, 1e6)), k * 480)
+    assert drift_ppm(far, near) == pytest.approx(200, abs=5)
+    assert RateEstimator().rate() is None
