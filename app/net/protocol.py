@@ -69,6 +69,8 @@ class PacketType(IntEnum):
     FEC = 8
     TRANSPORT_FEEDBACK = 9
     AUDIO = 10
+    HANDSHAKE_INIT = 11
+    HANDSHAKE_RESPONSE = 12
 
 
 RESERVED_PACKET_TYPES: Final[dict[int, str]] = {
@@ -130,6 +132,10 @@ _FEEDBACK = struct.Struct("!BBBBHBBIIQH")
 _FEEDBACK_BODY = struct.Struct("!IQH")
 _AUDIO = struct.Struct("!BBBBHBBIHBBQHH")
 _AUDIO_BODY = struct.Struct("!HBBQHH")
+_HS_INIT_HEAD = struct.Struct("!BBBBHBBII")
+_HS_RESP_HEAD = struct.Struct("!BBBBHBBIII")
+_U32 = struct.Struct("!I")
+_U32_PAIR = struct.Struct("!II")
 
 RECEIVER_REPORT_SIZE: Final = _REPORT.size
 """Bytes in a receiver report (41)."""
@@ -152,6 +158,16 @@ MAX_FEEDBACK_ARRIVALS: Final = 256
 """Most packets one transport-feedback packet covers."""
 AUDIO_HEADER_SIZE: Final = _AUDIO.size
 """Bytes in an audio packet before its redundant frames' lengths (28); each redundant frame adds 2."""
+HANDSHAKE_MAC_SIZE: Final = 16
+"""Bytes of ``mac1`` at the end of a handshake packet."""
+HANDSHAKE_INIT_MESSAGE: Final = 104
+"""Bytes of the Noise IK first message a HandshakeInit carries: e (32), encrypted s (48), an encrypted 8-byte
+timestamp (24)."""
+HANDSHAKE_RESPONSE_MESSAGE: Final = 49
+"""Bytes of the Noise IK second message a HandshakeResponse carries: e (32), an encrypted 1-byte epoch
+(17)."""
+HANDSHAKE_INIT_SIZE: Final = HEADER_SIZE + 4 + HANDSHAKE_INIT_MESSAGE + HANDSHAKE_MAC_SIZE
+HANDSHAKE_RESPONSE_SIZE: Final = HEADER_SIZE + 8 + HANDSHAKE_RESPONSE_MESSAGE + HANDSHAKE_MAC_SIZE
 MAX_AUDIO_REDUNDANCY: Final = 3
 """Most earlier frames one audio packet repeats."""
 MAX_AUDIO_FRAME: Final = 4096
@@ -638,6 +654,111 @@ class AudioPacket:
         return _parse_as(cls, data)
 
 
+@dataclass(slots=True)
+class HandshakeInit:
+    """The first message of a session handshake (type 11), initiator → responder. Always plaintext.
+
+    ``message`` is Noise IK's first message (it authenticates the initiator's static key and carries an
+    encrypted timestamp against replays); ``mac1`` is a keyed hash over everything before it, keyed with the
+    responder's public key, so that a host that does not know it is dropped after one hash
+    (app/net/session.py).
+    """
+
+    seq: int
+    """Packet sequence number (u32)."""
+    sender_index: int
+    """The initiator's random name for this handshake (u32); the response quotes it."""
+    message: bytes
+    """Noise IK message 1, exactly :data:`HANDSHAKE_INIT_MESSAGE` bytes."""
+    mac1: bytes
+    """:data:`HANDSHAKE_MAC_SIZE` bytes."""
+    flags: int = 0
+    """No flags are defined (u8); sent as 0."""
+
+    def __bytes__(self) -> bytes:
+        if len(self.message) != HANDSHAKE_INIT_MESSAGE:
+            raise ProtocolError(
+                f"HandshakeInit: message of {len(self.message)} bytes, expected {HANDSHAKE_INIT_MESSAGE}"
+            )
+        if len(self.mac1) != HANDSHAKE_MAC_SIZE:
+            raise ProtocolError(
+                f"HandshakeInit: mac1 of {len(self.mac1)} bytes, expected {HANDSHAKE_MAC_SIZE}"
+            )
+        try:
+            head = _HS_INIT_HEAD.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.HANDSHAKE_INIT,
+                PLAINTEXT_EPOCH,
+                HANDSHAKE_INIT_SIZE,
+                self.flags,
+                0,
+                self.seq,
+                self.sender_index,
+            )
+        except struct.error as exc:
+            raise ProtocolError(f"HandshakeInit: cannot encode: {exc}") from None
+        return head + self.message + self.mac1
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be a handshake init."""
+        return _parse_as(cls, data)
+
+
+@dataclass(slots=True)
+class HandshakeResponse:
+    """The second message of a session handshake (type 12), responder → initiator. Always plaintext.
+
+    Smaller than the init that caused it (85 bytes against 136), so answering can never amplify traffic.
+    """
+
+    seq: int
+    """Packet sequence number (u32)."""
+    sender_index: int
+    """The responder's random name for this handshake (u32)."""
+    receiver_index: int
+    """The ``sender_index`` of the init this answers (u32)."""
+    message: bytes
+    """Noise IK message 2, exactly :data:`HANDSHAKE_RESPONSE_MESSAGE` bytes."""
+    mac1: bytes
+    """:data:`HANDSHAKE_MAC_SIZE` bytes, keyed with the initiator's public key."""
+    flags: int = 0
+    """No flags are defined (u8); sent as 0."""
+
+    def __bytes__(self) -> bytes:
+        if len(self.message) != HANDSHAKE_RESPONSE_MESSAGE:
+            raise ProtocolError(
+                f"HandshakeResponse: message of {len(self.message)} bytes, "
+                f"expected {HANDSHAKE_RESPONSE_MESSAGE}"
+            )
+        if len(self.mac1) != HANDSHAKE_MAC_SIZE:
+            raise ProtocolError(
+                f"HandshakeResponse: mac1 of {len(self.mac1)} bytes, expected {HANDSHAKE_MAC_SIZE}"
+            )
+        try:
+            head = _HS_RESP_HEAD.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.HANDSHAKE_RESPONSE,
+                PLAINTEXT_EPOCH,
+                HANDSHAKE_RESPONSE_SIZE,
+                self.flags,
+                0,
+                self.seq,
+                self.sender_index,
+                self.receiver_index,
+            )
+        except struct.error as exc:
+            raise ProtocolError(f"HandshakeResponse: cannot encode: {exc}") from None
+        return head + self.message + self.mac1
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be a handshake response."""
+        return _parse_as(cls, data)
+
+
 Packet = (
     MediaPacket
     | ReceiverReport
@@ -648,6 +769,8 @@ Packet = (
     | FecPacket
     | TransportFeedback
     | AudioPacket
+    | HandshakeInit
+    | HandshakeResponse
 )
 """Any version-1 packet."""
 
@@ -857,6 +980,30 @@ _AUDIO_CODECS: Final = frozenset(int(c) for c in AudioCodecId)
 
 
 # Indexed by type number; a dict lookup is the whole dispatch.
+def _parse_handshake_init(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> HandshakeInit:
+    if n != HANDSHAKE_INIT_SIZE:
+        raise ProtocolError(f"HandshakeInit: length {n}, expected {HANDSHAKE_INIT_SIZE}")
+    if stream_id != 0:
+        raise ProtocolError(f"HandshakeInit: stream id must be 0, got {stream_id}")
+    (sender_index,) = _U32.unpack_from(data, HEADER_SIZE)
+    start = HEADER_SIZE + 4
+    mac = start + HANDSHAKE_INIT_MESSAGE
+    return HandshakeInit(seq, sender_index, bytes(data[start:mac]), bytes(data[mac:n]), flags)
+
+
+def _parse_handshake_response(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> HandshakeResponse:
+    if n != HANDSHAKE_RESPONSE_SIZE:
+        raise ProtocolError(f"HandshakeResponse: length {n}, expected {HANDSHAKE_RESPONSE_SIZE}")
+    if stream_id != 0:
+        raise ProtocolError(f"HandshakeResponse: stream id must be 0, got {stream_id}")
+    sender_index, receiver_index = _U32_PAIR.unpack_from(data, HEADER_SIZE)
+    start = HEADER_SIZE + 8
+    mac = start + HANDSHAKE_RESPONSE_MESSAGE
+    return HandshakeResponse(
+        seq, sender_index, receiver_index, bytes(data[start:mac]), bytes(data[mac:n]), flags
+    )
+
+
 _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packet]]]] = {
     PacketType.MEDIA: ("MediaPacket", _parse_media),
     PacketType.RECEIVER_REPORT: ("ReceiverReport", _parse_report),
@@ -867,6 +1014,8 @@ _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packe
     PacketType.FEC: ("FecPacket", _parse_fec),
     PacketType.TRANSPORT_FEEDBACK: ("TransportFeedback", _parse_feedback),
     PacketType.AUDIO: ("AudioPacket", _parse_audio),
+    PacketType.HANDSHAKE_INIT: ("HandshakeInit", _parse_handshake_init),
+    PacketType.HANDSHAKE_RESPONSE: ("HandshakeResponse", _parse_handshake_response),
 }
 
 
@@ -890,7 +1039,8 @@ def parse_packet(data: bytes | bytearray | memoryview) -> Packet:
         raise ProtocolError(f"unknown packet type {ptype}")
     name, parser = entry
     if epoch != PLAINTEXT_EPOCH:
-        raise ProtocolError(f"{name}: unsupported key epoch {epoch} (encryption is not implemented)")
+        # Sealed datagrams are opened first (app/net/seal.py), which hands over the plaintext with epoch 0.
+        raise ProtocolError(f"{name}: key epoch {epoch} in a datagram that was not opened")
     if length != n:
         if length > n:
             raise ProtocolError(f"truncated {name}: {n} bytes, the length field says {length}")

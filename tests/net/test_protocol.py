@@ -19,6 +19,8 @@ from app.net.protocol import (
     FEC_HEADER_SIZE,
     FEEDBACK_HEADER_SIZE,
     FRAME_FLAGS_MASK,
+    HANDSHAKE_INIT_SIZE,
+    HANDSHAKE_RESPONSE_SIZE,
     HEADER_SIZE,
     KEEPALIVE_SIZE,
     KEYFRAME_REQUEST_SIZE,
@@ -38,6 +40,8 @@ from app.net.protocol import (
     AudioCodecId,
     AudioPacket,
     FecPacket,
+    HandshakeInit,
+    HandshakeResponse,
     Keepalive,
     KeepaliveAck,
     KeyframeRequest,
@@ -111,6 +115,16 @@ GOLDEN: dict[str, Packet] = {
         frame_samples=480,
         frames=(b"primary!", b"earlier"),
     ),
+    "handshake_init": HandshakeInit(
+        seq=14, sender_index=0xA1B2C3D4, message=bytes(range(104)), mac1=b"mac1 of the init"
+    ),
+    "handshake_response": HandshakeResponse(
+        seq=15,
+        sender_index=0x01020304,
+        receiver_index=0xA1B2C3D4,
+        message=bytes(range(100, 149)),
+        mac1=b"mac1 of the resp",
+    ),
 }
 
 GOLDEN_FEC_FRAME = b"A golden frame, !" + b"Doorway fragment!" + b"0123456789abcdef"
@@ -164,7 +178,11 @@ def test_sizes() -> None:
         "fec": 49,
         "transport_feedback": 42,
         "audio": 45,
+        "handshake_init": 136,
+        "handshake_response": 85,
     }
+    # A response is never larger than the init that caused it: answering cannot amplify.
+    assert HANDSHAKE_RESPONSE_SIZE < HANDSHAKE_INIT_SIZE
     assert AUDIO_HEADER_SIZE == 28
     # The largest NACK and feedback stay well inside one MTU.
     assert len(bytes(Nack(1, 0, 1, tuple(range(MAX_NACK_INDICES))))) == 530
@@ -251,11 +269,11 @@ ERRORS: list[tuple[bytes, str]] = [
     (b"\xd0\x02" + bytes(10), "unsupported version 2, expected 1"),
     (header(0, 12), "unknown packet type 0"),
     (header(7, 12), "unknown packet type 7"),
-    (header(11, 12), "unknown packet type 11"),
+    (header(13, 12), "unknown packet type 13"),
     (header(255, 12), "unknown packet type 255"),
     (
         header(PacketType.KEEPALIVE, 24, epoch=1) + bytes(12),
-        "Keepalive: unsupported key epoch 1 (encryption is not implemented)",
+        "Keepalive: key epoch 1 in a datagram that was not opened",
     ),
     (header(PacketType.KEEPALIVE, 24) + bytes(5), "truncated Keepalive: 17 bytes, the length field says 24"),
     (
@@ -305,7 +323,7 @@ ERRORS: list[tuple[bytes, str]] = [
     (nack_bytes(2, (1, 65535)), "Nack: fragment index 65535 is not below 65535"),
     (
         header(PacketType.NACK, 20, epoch=3) + nack_bytes(1, (1,))[HEADER_SIZE:],
-        "Nack: unsupported key epoch 3 (encryption is not implemented)",
+        "Nack: key epoch 3 in a datagram that was not opened",
     ),
     # FEC
     (header(PacketType.FEC, 20) + bytes(8), "FecPacket: 20 bytes, shorter than its 32-byte header"),
@@ -680,3 +698,17 @@ def test_every_single_bit_flip_of_golden(name: str) -> None:
         flipped = bytearray(data)
         flipped[bit // 8] ^= 1 << (bit % 8)
         assert_parses_canonically_or_raises(bytes(flipped))
+
+
+def test_handshake_packets_are_strict() -> None:
+    init = bytes(GOLDEN["handshake_init"])
+    with pytest.raises(ProtocolError, match=r"^HandshakeInit: length 135, expected 136$"):
+        parse_packet(init[:4] + struct.pack("!H", 135) + init[6:-1])
+    bad = bytearray(init)
+    bad[7] = 1
+    with pytest.raises(ProtocolError, match=r"^HandshakeInit: stream id must be 0, got 1$"):
+        parse_packet(bytes(bad))
+    with pytest.raises(ProtocolError, match=r"^HandshakeInit: message of 3 bytes, expected 104$"):
+        bytes(HandshakeInit(1, 1, b"abc", b"m" * 16))
+    with pytest.raises(ProtocolError, match=r"^HandshakeResponse: mac1 of 1 bytes, expected 16$"):
+        bytes(HandshakeResponse(1, 1, 2, b"m" * 49, b"m"))
