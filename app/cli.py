@@ -2,9 +2,10 @@
 
 ``doorway engine`` runs one doorway (the systemd service), ``doorway demo`` two of them on this machine,
 ``doorway bench video`` and ``doorway bench audio`` the benchmarks, ``doorway relay`` an impairing UDP
-relay between two doorways (user-space netem), ``doorway status`` asks a running engine, and
-``doorway check-config`` validates a settings file. Settings errors are printed as one line per problem
-and the process exits with status 2 before starting anything.
+relay between two doorways (user-space netem), ``doorway status`` asks a running engine,
+``doorway check-config`` validates a settings file, ``doorway pair show|join|list|remove`` pairs this
+doorway with its twin and ``doorway identity`` shows its device id and fingerprint. Settings errors are
+printed as one line per problem and the process exits with status 2 before starting anything.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from app.engine.engine import Engine
     from app.engine.link import LinkError
     from app.logs import setup_logging, stop_logging
+    from app.state import StateError
     from app.video.capture.base import CaptureError
     from app.video.encoder import EncoderError
 
@@ -61,7 +63,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         engine = Engine(settings, sink_hook=recorder, audio_tap=audio_tap)
-    except (LinkError, CaptureError, EncoderError, AudioDeviceError, CodecError) as exc:
+    except (LinkError, CaptureError, EncoderError, AudioDeviceError, CodecError, StateError) as exc:
         log.error("cannot start: %s", exc)
         stop_logging()
         return 1
@@ -104,6 +106,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
     return 0
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from app.pairing import commands
+
+    if args.pair == "show":
+        return commands.pair_show(settings, sys.stdout, sys.stderr, qr=not args.no_qr)
+    if args.pair == "join":
+        return commands.pair_join(settings, args.code, args.address, sys.stdout, sys.stderr)
+    if args.pair == "list":
+        return commands.pair_list(settings, sys.stdout, sys.stderr)
+    return commands.pair_remove(settings, sys.stdout, sys.stderr)
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from app.pairing.commands import show_identity
+
+    return show_identity(settings, sys.stdout, sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -153,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a settings file and print the effective settings")
     c.add_argument("--config", type=Path, default=None)
     c.set_defaults(func=cmd_check_config)
+
+    pa = sub.add_parser("pair", help="pair this doorway with its twin: show a code here, join with it there")
+    psub = pa.add_subparsers(dest="pair", required=True)
+    ps = psub.add_parser("show", help="show a pairing code and wait for the other doorway to join")
+    ps.add_argument("--no-qr", action="store_true", help="do not draw the code as a QR code")
+    pj = psub.add_parser("join", help="pair with the doorway showing CODE at HOST[:PORT]")
+    pj.add_argument("code", help="the code the other doorway shows, e.g. 1234-5678")
+    pj.add_argument("address", metavar="HOST[:PORT]", help="the other doorway (port: pairing.port)")
+    psub.add_parser("list", help="show the twin this doorway is paired with")
+    psub.add_parser("remove", help="forget the twin")
+    for pp in psub.choices.values():
+        pp.add_argument("--config", type=Path, default=None)
+    pa.set_defaults(func=cmd_pair)
+
+    i = sub.add_parser("identity", help="show this doorway's name, device id and key fingerprint")
+    i.add_argument("--config", type=Path, default=None)
+    i.set_defaults(func=cmd_identity)
 
     from app.demo import add_demo_arguments
 

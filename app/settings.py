@@ -97,10 +97,15 @@ class NetworkSettings(_Section):
     """Address the media socket binds to. Default 0.0.0.0."""
     listen_port: int = Field(47000, ge=1, le=65535)
     """UDP port the media socket binds to. Default 47000."""
-    peer_host: str = "127.0.0.1"
-    """Address of the twin's media socket. Default 127.0.0.1."""
-    peer_port: int = Field(47001, ge=1, le=65535)
-    """UDP port of the twin's media socket. Default 47001."""
+    peer_host: str | None = None
+    """Address of the twin's media socket; none = the one learned when pairing (the normal case). Set it to
+    pin the address (with ``peer_port``), or for ``encryption = "off"``. Default none."""
+    peer_port: int = Field(47000, ge=1, le=65535)
+    """UDP port of the twin's media socket, used with ``peer_host``. Default 47000."""
+    encryption: Literal["required", "off"] = "required"
+    """"required": every packet is sealed with keys from a handshake between the paired twins' keys, and the
+    doorway talks to nobody until it is paired (see ``doorway pair``). "off": plaintext, to any
+    ``peer_host`` — only for tests and measurements on a private link. Default "required"."""
     mtu_payload: int = Field(1200, ge=256, le=8900)
     """Largest media payload per datagram in bytes, excluding our header. Default 1200."""
     pacing_factor: float = Field(8.0, ge=1.0, le=100.0)
@@ -207,6 +212,21 @@ class AudioSettings(_Section):
         return float(v)
 
 
+class PairingSettings(_Section):
+    """Pairing with the twin (``doorway pair``): the TCP port the showing doorway listens on, and the code."""
+
+    port: int = Field(47001, ge=0, le=65535)
+    """TCP port ``doorway pair show`` listens on and ``doorway pair join`` connects to when no port is given;
+    0 picks a free port (tests), which ``pair show`` prints. Default 47001."""
+    listen_host: str = "0.0.0.0"
+    """Address the pairing listener binds to. Default 0.0.0.0."""
+    code_ttl_s: int = Field(600, ge=60, le=3600)
+    """How long a shown pairing code stays valid, in seconds. Default 600 (10 minutes)."""
+    advertise_host: str | None = Field(None, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._:%-]+$")
+    """Host name or address the twin should send media to, told to it when pairing; none = the address the
+    twin sees this doorway at on the pairing connection. Default none."""
+
+
 class LoggingSettings(_Section):
     """Logging to stderr (journald adds time and unit)."""
 
@@ -231,6 +251,7 @@ class Settings(BaseSettings):
     network: NetworkSettings = NetworkSettings()
     display: DisplaySettings = DisplaySettings()
     audio: AudioSettings = AudioSettings()
+    pairing: PairingSettings = PairingSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -1,0 +1,319 @@
+"""A doorway's durable state: its long-term key and its pairing, in one SQLite database.
+
+The database is ``doorway.db`` in the state directory (``engine.state_dir``, /var/lib/doorway on the
+appliance). It is small (two one-row tables and a counter) and written only when a doorway is provisioned,
+paired or unpaired; the engine reads it at start and polls :meth:`StateStore.version` to notice a new
+pairing made by ``doorway pair`` in another process.
+
+Theory of operation
+-------------------
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so a committed transaction has been
+fsynced before ``COMMIT`` returns, and a transaction interrupted by a power cut or SIGKILL is rolled back
+when the database is next opened. Every write is one explicit ``BEGIN IMMEDIATE`` … ``COMMIT`` (the
+:meth:`StateStore._write` context): replacing the twin deletes the old row, inserts the new one and bumps
+the change counter in one transaction, so after any crash the database holds either the old pairing or the
+new one, never a mix. (Python 3.11's ``sqlite3`` opens implicit transactions only around INSERT/UPDATE/
+DELETE, not around DDL or ``PRAGMA user_version``; the connection therefore runs in autocommit mode and
+the transactions are explicit, which also makes each schema migration atomic. ``IMMEDIATE`` takes the write
+lock at the start, so two writing processes queue on ``busy_timeout`` instead of failing on upgrade.)
+
+Secrecy: the directory is created with mode 0700 and the database file with mode 0600 before SQLite opens
+it; SQLite gives the ``-wal`` and ``-shm`` files the database file's mode. An existing database file (and
+its companions) is narrowed to 0600 on open; an existing directory is left as it is (it may be a
+systemd ``StateDirectory=`` or a test's temporary directory).
+
+Schema: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` lists the statements that take
+version N to N+1, applied in order on open. A database from a newer Doorway is refused rather than
+guessed at. Tables: ``identity`` (one row: the X25519 private key and its creation time), ``twin`` (at most
+one row: the paired doorway) and ``generation`` (one row: a counter bumped by every write).
+
+Threads: one connection, shared by all threads of the process and guarded by a lock; each public method
+holds the lock for one short statement or transaction (microseconds to one fsync). Other processes may
+open the same database at the same time (WAL lets readers run beside the one writer).
+
+Errors: anything SQLite or the file system reports is raised as :class:`StateError` naming the file, so the
+command line can print one line instead of a traceback.
+
+This module imports only the standard library: the admin process and the durability tests load it cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+DB_NAME: Final = "doorway.db"
+"""File name of the state database inside the state directory."""
+KEY_SIZE: Final = 32
+"""Bytes in an X25519 private or public key."""
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a statement waits for another process's write lock before failing, in ms."""
+
+_MIGRATIONS: Final[list[list[str]]] = [
+    # 0 -> 1: identity, twin and the change counter.
+    [
+        """CREATE TABLE identity (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            private_key BLOB NOT NULL CHECK (length(private_key) = 32),
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE twin (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            device_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            public_key BLOB NOT NULL CHECK (length(public_key) = 32),
+            media_host TEXT NOT NULL,
+            media_port INTEGER NOT NULL CHECK (media_port BETWEEN 1 AND 65535),
+            paired_at REAL NOT NULL
+        )""",
+        """CREATE TABLE generation (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            value INTEGER NOT NULL
+        )""",
+        "INSERT INTO generation (id, value) VALUES (1, 0)",
+    ],
+]
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+"""The schema version this module writes and reads."""
+
+
+class StateError(Exception):
+    """The state database cannot be opened, read or written. The message names the file, ready to print."""
+
+
+@dataclass(frozen=True, slots=True)
+class Twin:
+    """The paired doorway, as stored.
+
+    ``public_key`` is its 32-byte X25519 public key, ``device_id`` derives from it
+    (:func:`app.identity.device_id_of`), ``media_host``/``media_port`` is where this doorway sends its media
+    (UDP), and ``paired_at`` is when the pairing completed, in Unix seconds (UTC).
+    """
+
+    device_id: str
+    name: str
+    public_key: bytes
+    media_host: str
+    media_port: int
+    paired_at: float
+
+
+class StateStore:
+    """The state database of one doorway. Open with ``StateStore(state_dir)``; close with :meth:`close`.
+
+    Thread-safe (one connection behind a lock); see the module docstring. Raises :class:`StateError`.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / DB_NAME
+        self._lock = threading.Lock()
+        self._conn = self._open(Path(state_dir))
+
+    # -- opening ------------------------------------------------------------------------------------------
+
+    def _open(self, state_dir: Path) -> sqlite3.Connection:
+        try:
+            if not state_dir.exists():
+                state_dir.mkdir(mode=0o700, parents=True)
+                # mkdir's mode is masked by the umask; say it again so the directory is 0700 whatever it is.
+                os.chmod(state_dir, 0o700)
+            # Create the file (or narrow an existing one) before SQLite touches it: SQLite creates the -wal
+            # and -shm files with the database file's permissions, so they inherit 0600 from it.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(f"{self.path}{suffix}")
+                if p.exists() and p.stat().st_mode & 0o777 != 0o600:
+                    os.chmod(p, 0o600)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot open: {exc}") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StateError(f"{self.path}: cannot switch to WAL journaling (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StateError(f"{self.path}: the state database is damaged ({check})")
+            self._migrate(conn)
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StateError(f"{self.path}: cannot open: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateError(f"{self.path}: not a Doorway state database, or damaged ({exc})") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: written by a newer Doorway (schema {version}; this one knows {SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read inside the write lock: another process may have migrated meanwhile.
+                if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    conn.execute("ROLLBACK")
+                    continue
+                for statement in _MIGRATIONS[target - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: committed on success, rolled back on any exception."""
+        with self._lock, self._errors("write"):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot {what}: {exc}") from None
+
+    def _read(self, sql: str) -> list[Any]:
+        with self._lock, self._errors("read"):
+            return list(self._conn.execute(sql).fetchall())
+
+    def _bump(self, conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE generation SET value = value + 1 WHERE id = 1")
+
+    # -- identity -----------------------------------------------------------------------------------------
+
+    def identity_key(self) -> bytes | None:
+        """The stored 32-byte X25519 private key, or None before one is created."""
+        rows = self._read("SELECT private_key FROM identity WHERE id = 1")
+        return bytes(rows[0][0]) if rows else None
+
+    def identity_created_at(self) -> float | None:
+        """When the key was created, in Unix seconds, or None before one is created."""
+        rows = self._read("SELECT created_at FROM identity WHERE id = 1")
+        return float(rows[0][0]) if rows else None
+
+    def create_identity(self, private_key: bytes, now: float | None = None) -> bytes:
+        """Store ``private_key`` unless a key is already stored; return the key that is stored afterwards.
+
+        Two processes creating a key at once both get the one that won, so a doorway never has two keys.
+        ``now`` is the creation time in Unix seconds (default: the wall clock).
+        """
+        if len(private_key) != KEY_SIZE:
+            raise ValueError(f"an X25519 private key has {KEY_SIZE} bytes, not {len(private_key)}")
+        created = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO identity (id, private_key, created_at) VALUES (1, ?, ?)",
+                (private_key, created),
+            )
+            stored = conn.execute("SELECT private_key FROM identity WHERE id = 1").fetchone()[0]
+            self._bump(conn)
+        return bytes(stored)
+
+    # -- twin ---------------------------------------------------------------------------------------------
+
+    def twin(self) -> Twin | None:
+        """The paired doorway, or None when this doorway is not paired."""
+        rows = self._read(
+            "SELECT device_id, name, public_key, media_host, media_port, paired_at FROM twin WHERE id = 1"
+        )
+        if not rows:
+            return None
+        device_id, name, public_key, host, port, paired_at = rows[0]
+        return Twin(
+            device_id=str(device_id),
+            name=str(name),
+            public_key=bytes(public_key),
+            media_host=str(host),
+            media_port=int(port),
+            paired_at=float(paired_at),
+        )
+
+    def set_twin(self, twin: Twin) -> None:
+        """Replace the pairing (if any) with ``twin``, atomically and durably (fsynced when this returns)."""
+        if len(twin.public_key) != KEY_SIZE:
+            raise ValueError(f"a twin's public key has {KEY_SIZE} bytes, not {len(twin.public_key)}")
+        with self._write() as conn:
+            conn.execute("DELETE FROM twin")
+            conn.execute(
+                "INSERT INTO twin (id, device_id, name, public_key, media_host, media_port, paired_at)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)",
+                (
+                    twin.device_id,
+                    twin.name,
+                    twin.public_key,
+                    twin.media_host,
+                    twin.media_port,
+                    twin.paired_at,
+                ),
+            )
+            self._bump(conn)
+
+    def remove_twin(self) -> Twin | None:
+        """Forget the pairing; return what was removed (None when there was none). Durable on return."""
+        with self._write() as conn:
+            old = conn.execute(
+                "SELECT device_id, name, public_key, media_host, media_port, paired_at FROM twin WHERE id = 1"
+            ).fetchone()
+            if old is None:
+                return None
+            conn.execute("DELETE FROM twin")
+            self._bump(conn)
+        return Twin(str(old[0]), str(old[1]), bytes(old[2]), str(old[3]), int(old[4]), float(old[5]))
+
+    # -- change detection and diagnostics -----------------------------------------------------------------
+
+    def version(self) -> int:
+        """A counter that every write (by any process) increases; poll it to notice a new pairing.
+
+        One indexed read, a few microseconds; cheap enough to call every second from the engine.
+        """
+        rows = self._read("SELECT value FROM generation WHERE id = 1")
+        return int(rows[0][0])
+
+    def pragmas(self) -> dict[str, str]:
+        """The durability settings in force on this connection (journal_mode, synchronous); diagnostics."""
+        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+        mode = self._read("PRAGMA journal_mode")[0][0]
+        sync = self._read("PRAGMA synchronous")[0][0]
+        return {"journal_mode": str(mode), "synchronous": names.get(int(sync), str(sync))}
