@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.control import ControlClientError, request
-from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
+from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +34,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(
-    opts: argparse.Namespace, port: int, peer: int, display: str, seed: int, title: str
+    opts: argparse.Namespace, port: int, peer: int, display: str, seed: int, title: str, state_dir: Path
 ) -> dict[str, Any]:
     return {
+        "engine": {"state_dir": str(state_dir)},
         "capture": {"backend": "synthetic", "seed": seed},
         "video": {
             "width": opts.width,
@@ -90,12 +91,20 @@ def run_demo(opts: argparse.Namespace) -> int:
         work = opts.keep if opts.keep is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         pa, pb = free_udp_ports(2)
+        # The two doorways are paired the way an installer pairs them; every packet between them is sealed.
+        states = provision_twins(work, ("kitchen", "studio"), (pa, pb))
         engines: list[EngineProcess] = [
             start_engine(
-                "kitchen", work, _settings(opts, pa, pb, display, 1, "Doorway: the kitchen sees the studio")
+                "kitchen",
+                work,
+                _settings(
+                    opts, pa, pb, display, 1, "Doorway: the kitchen sees the studio", states["kitchen"]
+                ),
             ),
             start_engine(
-                "studio", work, _settings(opts, pb, pa, display, 2, "Doorway: the studio sees the kitchen")
+                "studio",
+                work,
+                _settings(opts, pb, pa, display, 2, "Doorway: the studio sees the kitchen", states["studio"]),
             ),
         ]
         print(

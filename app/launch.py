@@ -87,6 +87,32 @@ class EngineProcess:
             return ""
 
 
+def provision_twins(workdir: Path, names: tuple[str, str], ports: tuple[int, int]) -> dict[str, Path]:
+    """Pair two doorways on this machine as ``doorway pair`` would, without the code: give each a state
+    directory with its own identity and the other as its twin (media at 127.0.0.1, ``ports[i]`` being where
+    ``names[i]`` listens). Returns the state directory of each name.
+
+    For the demo and the benchmarks, which stand in for the installer; their settings also pin
+    ``network.peer_host``/``peer_port`` (the benchmark puts a relay in between).
+    """
+    import time as _time
+
+    from app.identity import Identity, device_id_of
+    from app.state import StateStore, Twin
+
+    dirs = {name: workdir / f"{name}-state" for name in names}
+    identities: dict[str, Identity] = {}
+    for name in names:
+        with StateStore(dirs[name]) as store:
+            identities[name] = Identity.load_or_create(store)
+    for me, other, other_port in ((names[0], names[1], ports[1]), (names[1], names[0], ports[0])):
+        public = identities[other].public_bytes
+        twin = Twin(device_id_of(public), other, public, "127.0.0.1", other_port, _time.time())
+        with StateStore(dirs[me]) as store:
+            store.set_twin(twin)
+    return dirs
+
+
 def start_engine(
     name: str, workdir: Path, settings: dict[str, dict[str, Any]], extra_args: list[str] | None = None
 ) -> EngineProcess:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
+from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
 from app.relay import (
     Relay,
     add_impairment_arguments,
@@ -66,7 +66,7 @@ def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
     add_impairment_arguments(p)
 
 
-def _settings(opts: argparse.Namespace, name: str, port: int, peer: int) -> dict[str, Any]:
+def _settings(opts: argparse.Namespace, name: str, port: int, peer: int, state_dir: Path) -> dict[str, Any]:
     talker_a = name == "a"
     audio: dict[str, Any] = {
         "backend": "synthetic",
@@ -86,7 +86,7 @@ def _settings(opts: argparse.Namespace, name: str, port: int, peer: int) -> dict
         audio["markers_every_s"] = 0.5
         audio["drift_ppm"] = opts.drift_ppm
     return {
-        "engine": {"role": "duplex"},
+        "engine": {"role": "duplex", "state_dir": str(state_dir)},
         "capture": {"backend": "synthetic", "seed": 1 if talker_a else 2},
         "video": {"width": 640, "height": 360, "fps": 60, "bitrate_kbps": 2000, "encoder": "x264"},
         "network": {
@@ -201,6 +201,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             network = {**imp.to_dict(), "seed": opts.seed}
         peer_a, peer_b = (relay.port_a, relay.port_b) if relay else (pb, pa)
         run_s = opts.warmup + opts.seconds + 1.5
+        states = provision_twins(work, ("a", "b"), (pa, pb))
         docs = {n: work / f"{n}.record.json" for n in ("a", "b")}
         engines: list[EngineProcess] = []
         t0 = time.monotonic_ns()
@@ -209,7 +210,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         try:
             for name, port, peer in (("b", pb, peer_b), ("a", pa, peer_a)):
                 args = ["--run-seconds", str(run_s), "--bench-record", str(docs[name])]
-                engines.append(start_engine(name, work, _settings(opts, name, port, peer), args))
+                engines.append(
+                    start_engine(name, work, _settings(opts, name, port, peer, states[name]), args)
+                )
             deadline = time.monotonic() + run_s + 60
             while any(e.proc.poll() is None for e in engines):
                 if time.monotonic() > deadline:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.bench.metrics import FrameRecord, summarize
-from app.launch import EngineProcess, free_udp_ports, start_engine, stop_engines
+from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
 from app.net.impair import ImpairmentSettings, Scenario
 from app.relay import (
     Relay,
@@ -49,6 +49,11 @@ def add_bench_video_arguments(p: argparse.ArgumentParser) -> None:
         "--encoder", default="auto", choices=["auto", "x264", "nvenc-h264", "nvenc-hevc", "v4l2m2m"]
     )
     p.add_argument("--preset", default=None, help="libx264 preset (default: the settings default)")
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="run the doorways with network.encryption = off (to measure what encryption costs)",
+    )
     p.add_argument("--duplex", action="store_true", help="both doorways send and receive at once")
     p.add_argument("--against", choices=["aiortc"], default=None, help="also run aiortc (H.264 and VP8)")
     p.add_argument("--json", type=Path, default=None, help="write the result rows here (a JSON list)")
@@ -59,7 +64,9 @@ def add_bench_video_arguments(p: argparse.ArgumentParser) -> None:
     add_impairment_arguments(p)
 
 
-def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: int) -> dict[str, Any]:
+def _engine_settings(
+    opts: argparse.Namespace, role: str, port: int, peer_port: int, state_dir: Path | None = None
+) -> dict[str, Any]:
     video: dict[str, Any] = {
         "width": opts.width,
         "height": opts.height,
@@ -69,8 +76,11 @@ def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: 
     }
     if opts.preset:
         video["x264_preset"] = opts.preset
+    engine: dict[str, Any] = {"role": role}
+    if state_dir is not None:
+        engine["state_dir"] = str(state_dir)
     return {
-        "engine": {"role": role},
+        "engine": engine,
         "capture": {"backend": "synthetic"},
         "video": video,
         "network": {
@@ -78,6 +88,7 @@ def _engine_settings(opts: argparse.Namespace, role: str, port: int, peer_port: 
             "listen_port": port,
             "peer_host": "127.0.0.1",
             "peer_port": peer_port,
+            "encryption": "off" if opts.plaintext else "required",
         },
         "display": {"backend": "null"},
         # Video alone, as measured before audio existed (bench audio runs both).
@@ -155,6 +166,7 @@ def _row(
     frames = max(1, encode.get("frames", 1))
     row: dict[str, Any] = {
         "system": "doorway",
+        "encrypted": not opts.plaintext,
         "width": opts.width,
         "height": opts.height,
         "fps_target": opts.fps,
@@ -201,6 +213,8 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
         relay, network, scenario = _relay(opts, pa, pb)
         # Each doorway's twin is the relay's port on its side, or the other doorway itself.
         peer_of_a, peer_of_b = (relay.port_a, relay.port_b) if relay else (pb, pa)
+        # Paired as an installer would pair them (unless measuring the plaintext path).
+        states = {} if opts.plaintext else provision_twins(work, ("a", "b"), (pa, pb))
         t0 = time.monotonic_ns()
         if relay is not None:
             relay.start()
@@ -208,7 +222,8 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
             for name, role, port, peer in (("b", role_b, pb, peer_of_b), ("a", role_a, pa, peer_of_a)):
                 docs[name] = work / f"{name}.record.json"
                 args = ["--run-seconds", str(run_s), "--bench-record", str(docs[name])]
-                engines.append(start_engine(name, work, _engine_settings(opts, role, port, peer), args))
+                settings = _engine_settings(opts, role, port, peer, states.get(name))
+                engines.append(start_engine(name, work, settings, args))
             deadline = time.monotonic() + run_s + 60
             while any(e.proc.poll() is None for e in engines):
                 if time.monotonic() > deadline:

@@ -21,15 +21,18 @@ from app.audio.device import open_device, period_samples
 from app.audio.room import RoomConfig
 from app.control import CommandError, ControlServer
 from app.engine.audio import AudioEngine, AudioTap
-from app.engine.link import UdpLink
+from app.engine.link import LinkError, UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
 from app.engine.stage import Inbox, Stage
 from app.engine.transport import Transport
 from app.hotplug import create_monitor
+from app.identity import Identity, fingerprint_of
 from app.net.fragment import AssembledFrame
 from app.net.protocol import AudioPacket
+from app.net.session import Session
 from app.settings import Settings
+from app.state import StateError, StateStore, Twin
 from app.video.capture import create_capture
 from app.video.capture.resilient import ResilientCapture
 from app.video.decoder import VideoDecoder
@@ -67,6 +70,14 @@ class Engine:
         self.started_ns = time.monotonic_ns()
         net = settings.network
         video = settings.video
+        # Who we are and whom we call: with encryption, only the paired twin (app/state.py, app/pairing).
+        self.store: StateStore | None = None
+        self.identity: Identity | None = None
+        self.twin: Twin | None = None
+        self._store_version = -1
+        if net.encryption == "required":
+            self.store = StateStore(settings.engine.state_dir)
+            self.identity = Identity.load_or_create(self.store)
         self.link = UdpLink(
             net.listen_host, net.listen_port, net.peer_host, net.peer_port, net.socket_buffer_bytes
         )
@@ -79,6 +90,7 @@ class Engine:
             on_target=self._on_target,
             fps=video.fps,
             fragment_bytes=net.mtu_payload,
+            encrypted=self.store is not None,
         )
         role = settings.engine.role
         self.sending = role in ("duplex", "send")
@@ -145,6 +157,7 @@ class Engine:
             self.network.realtime = True
         self.control: ControlServer | None = None
         self._proc = psutil.Process(os.getpid())
+        self.check_pairing()
         self._proc.cpu_percent()
 
     def _make_audio(self, tap: AudioTap | None) -> AudioEngine:
@@ -241,17 +254,63 @@ class Engine:
             self.control = ControlServer(self.settings.engine.control_socket, self._commands())
             self.control.start()
         log.info(
-            "engine %r started: role %s, udp %s:%d -> %s:%d, %dx%d@%d",
+            "engine %r started: role %s, udp %s:%d -> %s, %dx%d@%d, %s",
             self.settings.engine.name,
             self.settings.engine.role,
             self.link.local[0],
             self.link.local[1],
-            self.link.peer[0],
-            self.link.peer[1],
+            self._peer_text(),
             self.settings.video.width,
             self.settings.video.height,
             self.settings.video.fps,
+            "encrypted" if self.transport.encrypted else "PLAINTEXT (network.encryption = off)",
         )
+
+    def check_pairing(self) -> None:
+        """Follow the stored pairing (any thread; the supervisor calls it every second): a new twin gets a
+        new session and, unless ``network.peer_host`` pins it, the twin's media address."""
+        store = self.store
+        if store is None or self.identity is None:
+            return
+        try:
+            version = store.version()
+            if version == self._store_version:
+                return
+            self._store_version = version
+            twin = store.twin()
+        except StateError as exc:
+            log.error("pairing: %s", exc)
+            return
+        if twin == self.twin:
+            return
+        self.twin = twin
+        if twin is None:
+            self.transport.session = None
+            log.warning(
+                "not paired: run `doorway pair show` here, or `doorway pair join CODE HOST` on the other"
+                " doorway"
+            )
+            return
+        net = self.settings.network
+        if net.peer_host is None:
+            try:
+                self.link.set_peer(twin.media_host, twin.media_port)
+            except LinkError as exc:
+                log.error("pairing: the twin's address: %s", exc)
+        self.transport.session = Session(
+            self.identity.private_bytes, self.identity.public_bytes, twin.public_key
+        )
+        log.info(
+            "paired with %r (%s, %s); calling it at %s",
+            twin.name,
+            twin.device_id,
+            fingerprint_of(twin.public_key),
+            self._peer_text(),
+        )
+
+    def _peer_text(self) -> str:
+        peer = self.link.peer
+        return "none (not paired)" if peer is None else f"{peer[0]}:{peer[1]}"
 
     def stop(self) -> None:
         """Stop every stage in reverse start order and close the socket (idempotent, any thread)."""
@@ -267,6 +326,8 @@ class Engine:
             if not stage.join(5.0):
                 log.error("%s: did not stop within 5 s", stage.name)
         self.link.close()
+        if self.store is not None:
+            self.store.close()
 
     def wait(self, stop_event: threading.Event, timeout_s: float | None = None) -> int:
         """Block until ``stop_event`` is set, a stage fails or ``timeout_s`` passes; then stop.
@@ -274,9 +335,14 @@ class Engine:
         Returns the process exit status: 0 for a requested stop, 1 after a stage failure.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        next_check = time.monotonic() + 1.0
         while not stop_event.is_set() and not self._failed.is_set():
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 break
+            if now >= next_check:
+                next_check = now + 1.0
+                self.check_pairing()
             stop_event.wait(0.1)
         self.stop()
         if self._failed.is_set():
@@ -315,12 +381,17 @@ class Engine:
         """Small, cheap state summary (any thread)."""
         now = time.monotonic_ns()
         last = self.network.last_peer_packet_ns
-        peer_up = last != 0 and now - last < 2_000_000_000
+        session = self.transport.session
+        if self.transport.encrypted:
+            peer_up = session is not None and session.live(now)
+        else:
+            peer_up = last != 0 and now - last < 2_000_000_000
+        twin = self.twin
         return {
             "name": self.settings.engine.name,
             "role": self.settings.engine.role,
             "uptime_s": round((now - self.started_ns) / 1e9, 1),
-            "peer": f"{self.link.peer[0]}:{self.link.peer[1]}",
+            "peer": self._peer_text(),
             "peer_connected": peer_up,
             "encoder": None if self.encode is None else self.encode.encoder.name,
             "camera_available": None
@@ -332,6 +403,17 @@ class Engine:
                 "fps": self.settings.video.fps,
             },
             "failure": self.failure,
+            "encrypted": self.transport.encrypted,
+            "identity": None
+            if self.identity is None
+            else {"device_id": self.identity.device_id, "fingerprint": self.identity.fingerprint},
+            "twin": None
+            if twin is None
+            else {
+                "name": twin.name,
+                "device_id": twin.device_id,
+                "fingerprint": fingerprint_of(twin.public_key),
+            },
         }
 
     def stats(self) -> dict[str, Any]:
@@ -343,6 +425,9 @@ class Engine:
             "network": self.network.stats(),
             "transport": self.transport.stats(),
         }
+        session = self.transport.session
+        if session is not None:
+            out["session"] = session.stats(time.monotonic_ns())
         if self.capture is not None:
             out["capture"] = self.capture.stats()
             out["capture"].update(getattr(self.capture.source, "counters", {}))

@@ -23,14 +23,22 @@ class UdpLink:
     """A bound UDP socket that talks to exactly one peer address."""
 
     def __init__(
-        self, listen_host: str, listen_port: int, peer_host: str, peer_port: int, buffer_bytes: int
+        self,
+        listen_host: str,
+        listen_port: int,
+        peer_host: str | None,
+        peer_port: int | None,
+        buffer_bytes: int,
     ) -> None:
+        """``peer_host``/``peer_port`` None: no twin yet (not paired); datagrams are then dropped and counted
+        until :meth:`set_peer`."""
+        self.peer: tuple[str, int] | None = None
+        if peer_host is not None and peer_port is not None:
+            self.peer = self._resolve(peer_host, peer_port)
         try:
-            infos = socket.getaddrinfo(peer_host, peer_port, type=socket.SOCK_DGRAM)
+            family = socket.getaddrinfo(listen_host, listen_port, type=socket.SOCK_DGRAM)[0][0]
         except OSError as exc:
-            raise LinkError(f"peer address {peer_host}:{peer_port} cannot be resolved: {exc}") from exc
-        family = infos[0][0]
-        self.peer: tuple[str, int] = infos[0][4][:2]  # type: ignore[assignment]
+            raise LinkError(f"listen address {listen_host}:{listen_port} cannot be resolved: {exc}") from exc
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
@@ -46,16 +54,34 @@ class UdpLink:
         self.sent_bytes = 0
         self.sent_packets = 0
         self.send_errors = 0
+        self.unaddressed = 0
+        """Datagrams dropped because there is no twin to send to (not paired)."""
+
+    @staticmethod
+    def _resolve(host: str, port: int) -> tuple[str, int]:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise LinkError(f"peer address {host}:{port} cannot be resolved: {exc}") from exc
+        return (str(infos[0][4][0]), int(infos[0][4][1]))
+
+    def set_peer(self, host: str, port: int) -> None:
+        """Talk to ``host:port`` from now on (a new pairing). :class:`LinkError` if it does not resolve."""
+        self.peer = self._resolve(host, port)
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the peer. Errors (no route, peer not up yet) are counted, not raised."""
+        peer = self.peer
+        if peer is None:
+            self.unaddressed += 1
+            return
         try:
-            self.sock.sendto(data, self.peer)
+            self.sock.sendto(data, peer)
         except OSError as exc:
             # ECONNREFUSED from an ICMP port-unreachable just means the twin is not up yet.
             self.send_errors += 1
             if self.send_errors == 1 or log.isEnabledFor(logging.DEBUG):
-                log.warning("link: send to %s:%d failed: %s", self.peer[0], self.peer[1], exc)
+                log.warning("link: send to %s:%d failed: %s", peer[0], peer[1], exc)
             return
         self.sent_bytes += len(data)
         self.sent_packets += 1
@@ -73,8 +99,9 @@ class UdpLink:
         return data, (addr[0], addr[1])
 
     def is_peer(self, addr: tuple[str, int]) -> bool:
-        """True if ``addr`` is the configured twin (address and port)."""
-        return addr[0] == self.peer[0] and addr[1] == self.peer[1]
+        """True if ``addr`` is the twin's (address and port)."""
+        peer = self.peer
+        return peer is not None and addr[0] == peer[0] and addr[1] == peer[1]
 
     def close(self) -> None:
         self.sock.close()

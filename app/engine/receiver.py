@@ -38,6 +38,7 @@ from app.net.protocol import (
     MediaFlags,
     MediaPacket,
     Nack,
+    PacketType,
     ProtocolError,
     ReceiverReport,
     StreamId,
@@ -45,6 +46,7 @@ from app.net.protocol import (
     parse_packet,
 )
 from app.net.reports import ReceiveStatistics, RttEstimator
+from app.net.seal import SEAL_ERROR_REASONS, SealError
 from app.video.decoder import DecodeError, VideoDecoder
 from app.video.display.base import DisplaySink
 from app.video.frames import DecodedFrame, FrameTimes
@@ -110,6 +112,10 @@ class NetworkStage(Stage):
             "media_packets": 0,
             "fec_packets": 0,
             "audio_packets": 0,
+            "plaintext_refused": 0,
+            "handshakes_unpaired": 0,
+            "sealed_without_session": 0,
+            **{f"sealed_{reason}": 0 for reason in SEAL_ERROR_REASONS},
             "frames_complete": 0,
             "frames_to_decoder": 0,
             "frames_expired": 0,
@@ -150,6 +156,11 @@ class NetworkStage(Stage):
             # One comparison, no parsing, no reply: a stranger's packet costs almost nothing.
             c["strangers"] += 1
             return
+        if self.transport.encrypted:
+            opened = self._open(data, now)
+            if opened is None:
+                return
+            data = opened
         try:
             pkt = parse_packet(data)
         except ProtocolError as exc:
@@ -208,6 +219,40 @@ class NetworkStage(Stage):
             c["reports_received"] += 1
             self.peer_report = pkt
 
+    def _open(self, data: bytes, now: int) -> bytes | None:
+        """An encrypted link's datagram: handshakes go to the session, sealed packets come back opened.
+
+        Returns the plaintext packet to parse, or None when the datagram was a handshake or was dropped
+        (every reason counted).
+        """
+        c = self.counters
+        if len(data) < 4:
+            c["malformed"] += 1
+            return None
+        session = self.transport.session
+        if data[3] == 0:
+            if data[2] not in (PacketType.HANDSHAKE_INIT, PacketType.HANDSHAKE_RESPONSE):
+                c["plaintext_refused"] += 1
+                return None
+            if session is None:
+                c["handshakes_unpaired"] += 1
+                return None
+            if data[2] == PacketType.HANDSHAKE_INIT:
+                response = session.on_init(data, now, self.transport.next_seq)
+                if response is not None:
+                    self.link.send(response)
+            elif session.on_response(data, now):
+                log.info("network: call to the twin established (key epoch %s)", session.epoch)
+            return None
+        if session is None:
+            c["sealed_without_session"] += 1
+            return None
+        try:
+            return session.open(data, now)
+        except SealError as exc:
+            c[f"sealed_{exc.reason}"] += 1
+            return None
+
     def _reset_peer_state(self) -> None:
         self.rx_stats.reset()
         self.assembler.reset()
@@ -245,6 +290,14 @@ class NetworkStage(Stage):
         return 20_000_000 if srtt is None else int(srtt * 1000)
 
     def _timers(self, now: int) -> None:
+        session = self.transport.session
+        if session is not None:
+            # Calls, retries and rekeys: handshakes are plaintext and go out as they are.
+            for datagram in session.poll(now, time.time_ns(), self.transport.next_seq):
+                self.link.send(datagram)
+        self._media_timers(now)
+
+    def _media_timers(self, now: int) -> None:
         if self.out is not None:
             # Path jitter spreads a frame's packets over several ms (and the RFC 3550 estimate, taken per
             # frame, under-reads it): wait half a frame interval before calling a gap a loss. A newer

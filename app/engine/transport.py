@@ -27,6 +27,7 @@ from app.net.fec import FecPolicy
 from app.net.nack import RetransmitBuffer
 from app.net.protocol import FecPacket, MediaFlags, MediaPacket, Packet
 from app.net.seq import SequenceCounter
+from app.net.session import Session
 
 # How quickly the loss estimate follows the feedback (per feedback chunk, ~20 a second).
 _LOSS_EWMA = 0.05
@@ -71,6 +72,7 @@ class Transport:
         on_target: Callable[[int, float], None] | None = None,
         fps: int = 60,
         fragment_bytes: int = 1200,
+        encrypted: bool = False,
     ) -> None:
         """``fps`` and ``fragment_bytes`` (media payload per packet) size a frame in fragments at a given
         target, which the FEC share depends on."""
@@ -88,6 +90,11 @@ class Transport:
         self._applied_bps = start_bps
         self._applied_share = 0.0
         self.retransmitted_packets = 0
+        self.encrypted = encrypted
+        """Seal every packet (PROTOCOL.md §13); without a :attr:`session` they are dropped."""
+        self.session: Session | None = None
+        """The session with the twin, swapped whole when the pairing changes (any thread reads it)."""
+        self.dropped_without_session = 0
 
     def next_seq(self) -> int:
         """The next packet sequence number (any thread)."""
@@ -95,8 +102,16 @@ class Transport:
             return self._seq()
 
     def send(self, pkt: Packet, *, media: bool = False) -> int:
-        """Serialise and send one packet, recording it for congestion control (any thread). Returns bytes."""
+        """Serialise, seal (when encrypted) and send one packet, recording it for congestion control (any
+        thread). Returns the bytes sent: 0 when encrypted and there is no session yet (dropped, counted)."""
         data = bytes(pkt)
+        if self.encrypted:
+            session = self.session
+            sealed = None if session is None else session.seal(data)
+            if sealed is None:
+                self.dropped_without_session += 1
+                return 0
+            data = sealed
         now = time.monotonic_ns()
         with self._lock:
             self.history.on_sent(pkt.seq, now, len(data), media)
@@ -178,4 +193,6 @@ class Transport:
             "loss_seen_by_peer_percent": round(self.loss.loss * 100, 2),
             "loss_burst_length": round(self.loss.burst, 2),
             "retransmit": rtx,
+            "encrypted": self.encrypted,
+            "dropped_without_session": self.dropped_without_session,
         }

@@ -26,7 +26,11 @@ def small_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     """A 320×240@30 doorway on loopback; ``sections`` override or add keys per section."""
     (port,) = free_udp_ports(1)
     base: dict[str, dict[str, Any]] = {
-        "engine": {"control_socket": str(tmp_path / "engine.sock"), "name": "test"},
+        "engine": {
+            "control_socket": str(tmp_path / "engine.sock"),
+            "name": "test",
+            "state_dir": str(tmp_path / "state"),
+        },
         "capture": {"backend": "synthetic", "reopen_interval_s": 0.2},
         "video": {"width": 320, "height": 240, "fps": 30, "bitrate_kbps": 800, "encoder": "x264"},
         "network": {
@@ -34,6 +38,8 @@ def small_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
             "listen_port": port,
             "peer_host": "127.0.0.1",
             "peer_port": port,
+            # A mirror engine talks to itself in plaintext; encrypted calls have their own tests.
+            "encryption": "off",
         },
         "display": {"backend": "null"},
     }
