@@ -69,6 +69,9 @@ _FIFO_SAMPLES = SAMPLE_RATE  # 1 s: far above any target
 _CB_SLOTS = 64  # callback records kept for the playout thread (0.16 s at 2.5 ms periods)
 GUARD_MS = 1.0
 """How long before a callback the playout thread conceals when the FIFO cannot cover it, ms."""
+CATCH_UP_MS = 15.0
+"""Frames that would wait this much over the target are skipped while newer ones are queued (after a
+stall)."""
 LIP_SYNC_TARGET_MS = 10.0
 """Audio–video offset lip sync steers to, ms (audio after video)."""
 MAX_VIDEO_HOLD_MS = 40.0
@@ -181,6 +184,7 @@ class AudioEngine:
             "frames_late": 0,
             "decode_errors": 0,
             "stretches": 0,
+            "frames_skipped": 0,
             "samples_decoded": 0,
             "samples_concealed": 0,
             "gaps_over_20ms": 0,
@@ -517,6 +521,12 @@ class AudioEngine:
                         self.jitter.reset()
                     return
                 self._start_playing(now)
+            if self._playing and self._over_target(now) and self.jitter_has_next():
+                # A burst (frames held up by a stall, then all at once): frames beyond the target would only
+                # add latency that the 2 % ratio takes seconds to drain. Skip this one instead — undecoded, so
+                # Opus's overlapping windows cross-fade into the next — while a newer one is waiting.
+                self.counters["frames_skipped"] += 1
+                continue
             if self._stretched:
                 # It came after all, late: play it after the stretch, and let the target learn the lateness
                 # (told now, not when stretching: a twin that stopped sending is not jitter). A copy that
@@ -542,6 +552,19 @@ class AudioEngine:
                     self._report_wait(now)
                 self._decoded(len(pcm))
             self._push(pcm, frame.capture_us)
+
+    def jitter_has_next(self) -> bool:
+        """A frame is waiting right behind the next one (playout thread)."""
+        with self._lock:
+            return self.jitter.peek() is not None
+
+    def _over_target(self, now: int) -> bool:
+        """The FIFO alone already makes the next frame wait more than :data:`CATCH_UP_MS` over the target."""
+        t = self._next_callback_ns(now)
+        if t is None:
+            return False
+        wait = (t - now) / 1e6 + (self._fifo.level + self.resampler.buffered_samples) * 1000 / SAMPLE_RATE
+        return wait > self.playout.target_ms + CATCH_UP_MS
 
     def _report_wait(self, now: int) -> None:
         """Tell the controller this frame's wait (until its first sample plays) and slack (until the guard
