@@ -140,6 +140,12 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return relay_main(args)
 
 
+def cmd_mcu_emulator(args: argparse.Namespace) -> int:
+    from hwcontrol.emulator import main as emulator_main
+
+    return emulator_main(args)
+
+
 def cmd_bench_audio(args: argparse.Namespace) -> int:
     from app.bench.audio import main as bench_main
 
@@ -204,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("relay", help="an impairing UDP relay between two doorways (user-space netem)")
     add_relay_arguments(r)
     r.set_defaults(func=cmd_relay)
+
+    from hwcontrol.emulator import add_emulator_arguments
+
+    me = sub.add_parser(
+        "mcu-emulator", help="the room controller's firmware on a pseudo-terminal, with faults"
+    )
+    add_emulator_arguments(me)
+    me.set_defaults(func=cmd_mcu_emulator)
 
     from app.bench.video import add_bench_video_arguments
 
