@@ -1,0 +1,1 @@
+"""Tests of hwcontrol: the MCU protocol and (in firmware/) the MicroPython firmware."""
