@@ -128,6 +128,18 @@ def cmd_identity(args: argparse.Namespace) -> int:
     return show_identity(settings, sys.stdout, sys.stderr)
 
 
+def cmd_hwcontrol(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from app.logs import setup_logging, stop_logging
+    from hwcontrol.service import main as hwcontrol_main
+
+    setup_logging(args.log_level or settings.logging.level)
+    try:
+        return hwcontrol_main(settings.hwcontrol)
+    finally:
+        stop_logging()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -144,6 +156,12 @@ def cmd_mcu_emulator(args: argparse.Namespace) -> int:
     from hwcontrol.emulator import main as emulator_main
 
     return emulator_main(args)
+
+
+def cmd_bench_hwcontrol(args: argparse.Namespace) -> int:
+    from app.bench.hwcontrol import main as bench_main
+
+    return bench_main(args)
 
 
 def cmd_bench_audio(args: argparse.Namespace) -> int:
@@ -199,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", type=Path, default=None)
     i.set_defaults(func=cmd_identity)
 
+    hw = sub.add_parser("hwcontrol", help="run the bridge to the room's microcontroller (the service)")
+    hw.add_argument("--config", type=Path, default=None)
+    hw.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    hw.set_defaults(func=cmd_hwcontrol)
+
     from app.demo import add_demo_arguments
 
     d = sub.add_parser("demo", help="two doorways on this machine in a call, with live statistics")
@@ -226,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     bv = bsub.add_parser("video", help="video latency benchmark (doorway, optionally against aiortc)")
     add_bench_video_arguments(bv)
     bv.set_defaults(func=cmd_bench_video)
+    from app.bench.hwcontrol import add_bench_hwcontrol_arguments
+
+    bh = bsub.add_parser("hwcontrol", help="microcontroller bridge: commands through faults, re-plugs, loss")
+    add_bench_hwcontrol_arguments(bh)
+    bh.set_defaults(func=cmd_bench_hwcontrol)
     from app.bench.audio import add_bench_audio_arguments
 
     ba = bsub.add_parser("audio", help="audio benchmark: mouth-to-ear, concealment, echo cancellation, drift")

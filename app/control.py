@@ -16,7 +16,7 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,27 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 MAX_CLIENTS = 8
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-"""Takes the request's arguments, returns the response fields. Raises CommandError for bad arguments."""
+
+class Stream:
+    """What a handler returns to answer with a stream: the first response's fields, then one line per item
+    ``events`` yields (a subscription), until it ends or the client goes away; :meth:`close` runs then.
+    The connection serves nothing else afterwards."""
+
+    def __init__(
+        self, first: dict[str, Any], events: Iterator[dict[str, Any]], close: Callable[[], None] | None = None
+    ) -> None:
+        self.first = first
+        self.events = events
+        self._close = close
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | Stream"]
+"""Takes the request's arguments, returns the response fields (or a :class:`Stream`). Raises CommandError for
+bad arguments."""
 
 
 class CommandError(Exception):
@@ -41,7 +60,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, path: str, commands: dict[str, Handler]) -> None:
+    def __init__(self, path: str, commands: Mapping[str, Handler]) -> None:
         self.commands = commands
         self.clients = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(path, _RequestHandler)
@@ -64,19 +83,31 @@ class _RequestHandler(socketserver.StreamRequestHandler):
                     self._send({"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
                     return
                 if line.strip():
-                    self._send(dispatch(self.server.commands, line))
+                    response = dispatch(self.server.commands, line)
+                    if isinstance(response, Stream):
+                        self._stream(response)
+                        return
+                    self._send(response)
         except (OSError, TimeoutError):
             return
         finally:
             self.server.clients.release()
+
+    def _stream(self, stream: Stream) -> None:
+        try:
+            self._send({"ok": True, **stream.first})
+            for item in stream.events:
+                self._send(item)
+        finally:
+            stream.close()
 
     def _send(self, obj: dict[str, Any]) -> None:
         self.wfile.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
         self.wfile.flush()
 
 
-def dispatch(commands: dict[str, Handler], line: bytes) -> dict[str, Any]:
-    """Run one request line against ``commands``; always returns a response object."""
+def dispatch(commands: Mapping[str, Handler], line: bytes) -> dict[str, Any] | Stream:
+    """Run one request line against ``commands``; always returns a response object (or a stream)."""
     try:
         req = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -88,7 +119,8 @@ def dispatch(commands: dict[str, Handler], line: bytes) -> dict[str, Any]:
     if handler is None:
         return {"ok": False, "error": f"unknown command {cmd!r}; known: {', '.join(sorted(commands))}"}
     try:
-        return {"ok": True, **handler(req)}
+        result = handler(req)
+        return result if isinstance(result, Stream) else {"ok": True, **result}
     except CommandError as exc:
         return {"ok": False, "error": str(exc)}
     except Exception:
@@ -99,7 +131,7 @@ def dispatch(commands: dict[str, Handler], line: bytes) -> dict[str, Any]:
 class ControlServer:
     """Serves ``commands`` on a Unix socket at ``path`` on its own threads until ``close``."""
 
-    def __init__(self, path: Path, commands: dict[str, Handler]) -> None:
+    def __init__(self, path: Path, commands: Mapping[str, Handler]) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # A socket file left by a crashed engine would make bind fail; only remove it if nobody answers.

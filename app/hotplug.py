@@ -154,15 +154,16 @@ class UdevMonitor:
         self._monitor = None
 
 
-def create_monitor(kind: str = "udev") -> DeviceMonitor:
-    """A device monitor: "udev" (falls back to "null" with a warning when unavailable), "null" or "fake"."""
+def create_monitor(kind: str = "udev", subsystem: str = "video4linux") -> DeviceMonitor:
+    """A device monitor for ``subsystem``: "udev" (falls back to "null" with a warning when unavailable),
+    "null" or "fake"."""
     if kind == "udev":
         try:
-            return UdevMonitor()
+            return UdevMonitor(subsystem)
         except ImportError:
-            log.warning("pyudev is not installed: no hot-plug events; lost cameras are retried periodically")
+            log.warning("pyudev is not installed: no hot-plug events; lost devices are retried periodically")
         except OSError as exc:
-            log.warning("udev netlink monitor unavailable (%s): lost cameras are retried periodically", exc)
+            log.warning("udev netlink monitor unavailable (%s): lost devices are retried periodically", exc)
         return NullMonitor()
     elif kind == "null":
         return NullMonitor()

@@ -227,6 +227,34 @@ class PairingSettings(_Section):
     twin sees this doorway at on the pairing connection. Default none."""
 
 
+class HwcontrolSettings(_Section):
+    """The bridge to the room's microcontroller (``doorway hwcontrol``): which serial device, its socket."""
+
+    device: str | None = None
+    """Serial device of the MCU: a path such as /dev/serial/by-id/usb-Doorway_...-if00 (a symlink is
+    followed again at every reconnect); none = found by ``usb_vid``/``usb_pid``/``usb_serial``. Default
+    none."""
+    usb_vid: str = Field("2e8a", pattern=r"^[0-9a-f]{4}$")
+    """USB vendor id to look for, 4 lower-case hex digits. Default "2e8a" (Raspberry Pi)."""
+    usb_pid: str = Field("0005", pattern=r"^[0-9a-f]{4}$")
+    """USB product id, 4 lower-case hex digits. Default "0005" (a Pico running MicroPython)."""
+    usb_serial: str | None = Field(None, min_length=1, max_length=64)
+    """USB serial number to insist on (several boards plugged in); none = any. Default none."""
+    baud: int = Field(115200, ge=1200, le=4_000_000)
+    """Line speed, bit/s (USB CDC ignores it; a UART does not). Default 115200."""
+    control_socket: Path = Path("/run/doorway/hwcontrol.sock")
+    """Unix socket of the bridge's JSON API (see hwcontrol/README.md). Default /run/doorway/hwcontrol.sock."""
+    failsafe_ms: int = Field(3000, ge=500, le=60000)
+    """Silence from the host after which the MCU fades to ``failsafe_scene``, ms. Default 3000."""
+    failsafe_scene: int = Field(1, ge=0, le=3)
+    """Scene the MCU fades to on failsafe: 0 off, 1 safe (warm, 30 %), 2 day, 3 evening. Default 1."""
+    bootloader_key_file: Path | None = None
+    """File holding the 32-byte key (64 hex digits) that authorises "enter bootloader"; none = the command
+    is refused. Default none."""
+    startup_scene: int = Field(3, ge=0, le=3)
+    """Scene the lights take when the bridge first meets the MCU, until someone sets them. Default 3."""
+
+
 class LoggingSettings(_Section):
     """Logging to stderr (journald adds time and unit)."""
 
@@ -252,6 +280,7 @@ class Settings(BaseSettings):
     display: DisplaySettings = DisplaySettings()
     audio: AudioSettings = AudioSettings()
     pairing: PairingSettings = PairingSettings()
+    hwcontrol: HwcontrolSettings = HwcontrolSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -27,3 +27,14 @@ def test_engine_unit_matches_code() -> None:
     default_sock = EngineSettings().control_socket
     assert default_sock.parent == Path("/run") / unit["Service"]["RuntimeDirectory"]
     assert EngineSettings().state_dir == Path("/var/lib") / unit["Service"]["StateDirectory"]
+
+
+def test_hwcontrol_unit_matches_code() -> None:
+    from app.settings import HwcontrolSettings
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((UNIT.parent / "doorway-hwcontrol.service").read_text())
+    exec_start = unit["Service"]["ExecStart"].split()
+    assert exec_start[1:3] == ["hwcontrol", "--config"]
+    assert exec_start[3] == str(DEFAULT_CONFIG_PATH)
+    assert HwcontrolSettings().control_socket.parent == Path("/run") / unit["Service"]["RuntimeDirectory"]

@@ -203,6 +203,9 @@ class AudioEngine:
         self._cb_playout = np.zeros(_CB_SLOTS, np.int64)  # DAC time of its first sample
         self._callbacks = 0
         self._playing = False  # written by the playout thread only
+        self.muted = False
+        """Send silence instead of the microphone (privacy; any thread sets it)."""
+        self._silence_frame = np.zeros((FRAME, CHANNELS), np.float32)
         self._capture_wake = _Wake()
         self._playout_wake = _Wake()
         # -- send side --
@@ -383,7 +386,8 @@ class AudioEngine:
                 if self.tap is not None:
                     self.tap.on_processed(first_sample, capture_ns, mic, speaker, out)
                 ring.read += 1
-                data = codec.encode(out)
+                # Muted (privacy): the echo canceller still runs, so it stays adapted; silence goes out.
+                data = codec.encode(self._silence_frame if self.muted else out)
                 self.process_ms.record((time.perf_counter_ns() - t0) / 1e6)
                 self._send(data, capture_ns)
                 self.send_ms.record((time.monotonic_ns() - capture_ns - FRAME_NS) / 1e6)

@@ -21,6 +21,7 @@ from app.audio.device import open_device, period_samples
 from app.audio.room import RoomConfig
 from app.control import CommandError, ControlServer
 from app.engine.audio import AudioEngine, AudioTap
+from app.engine.hwlink import HwLink
 from app.engine.link import LinkError, UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
@@ -156,6 +157,9 @@ class Engine:
             # Audio packets go through the network thread: it must wake as promptly as the audio threads.
             self.network.realtime = True
         self.control: ControlServer | None = None
+        self.privacy = False
+        self.privacy_reason: str | None = None
+        self.hwlink = HwLink(settings.hwcontrol.control_socket, self.set_privacy)
         self._proc = psutil.Process(os.getpid())
         self.check_pairing()
         self._proc.cpu_percent()
@@ -253,6 +257,7 @@ class Engine:
         if control:
             self.control = ControlServer(self.settings.engine.control_socket, self._commands())
             self.control.start()
+            self.hwlink.start()
         log.info(
             "engine %r started: role %s, udp %s:%d -> %s, %dx%d@%d, %s",
             self.settings.engine.name,
@@ -265,6 +270,17 @@ class Engine:
             self.settings.video.fps,
             "encrypted" if self.transport.encrypted else "PLAINTEXT (network.encryption = off)",
         )
+
+    def set_privacy(self, on: bool, why: str) -> None:
+        """Privacy on: the far room sees a "Privacy" slate and hears silence; the call stays up (any
+        thread)."""
+        self.privacy = on
+        self.privacy_reason = why if on else None
+        if self.capture is not None and isinstance(self.capture.source, ResilientCapture):
+            self.capture.source.privacy = on
+        if self.audio is not None:
+            self.audio.muted = on
+        log.info("privacy %s (%s)", "on" if on else "off", why)
 
     def check_pairing(self) -> None:
         """Follow the stored pairing (any thread; the supervisor calls it every second): a new twin gets a
@@ -319,6 +335,7 @@ class Engine:
         self._stopped.set()
         if self.control is not None:
             self.control.close()
+            self.hwlink.stop()
         if self.audio is not None:
             self.audio.stop()
         for stage in reversed(self.stages):
@@ -357,6 +374,7 @@ class Engine:
             "status": lambda args: self.status(),
             "stats": lambda args: self.stats(),
             "set_bitrate": self._cmd_set_bitrate,
+            "privacy": self._cmd_privacy,
             "keyframe": self._cmd_keyframe,
         }
 
@@ -371,6 +389,13 @@ class Engine:
         self.encode.set_bitrate(min(kbps, self.transport.target_bps // 1000))
         self.send.set_rate(self.transport.target_bps)
         return {"kbps": kbps}
+
+    def _cmd_privacy(self, args: dict[str, Any]) -> dict[str, Any]:
+        on = args.get("on")
+        if not isinstance(on, bool):
+            raise CommandError('"on" must be true or false')
+        self.set_privacy(on, "control socket")
+        return {"privacy": self.privacy}
 
     def _cmd_keyframe(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.encode is None:
@@ -403,6 +428,9 @@ class Engine:
                 "fps": self.settings.video.fps,
             },
             "failure": self.failure,
+            "privacy": self.privacy,
+            "privacy_reason": self.privacy_reason,
+            "hwcontrol": self.hwlink.stats(),
             "encrypted": self.transport.encrypted,
             "identity": None
             if self.identity is None

@@ -30,6 +30,7 @@ from app.video.stamp import Stamp, write_stamp
 log = logging.getLogger(__name__)
 
 SLATE_TITLE = "Camera unavailable"
+PRIVACY_TITLE = "Privacy"
 
 
 class ResilientCapture:
@@ -79,6 +80,9 @@ class ResilientCapture:
         """Times the camera came back after a loss."""
         self.slate_frames = 0
         """Slate pictures returned."""
+        self.privacy = False
+        """While set (any thread), a "Privacy" slate is sent instead of the camera (which stays open)."""
+        self._privacy_slate = render_slate(width, height, PRIVACY_TITLE, "the camera is off")
 
     @property
     def showing_slate(self) -> bool:
@@ -171,6 +175,8 @@ class ResilientCapture:
         if self._camera_ok and self._device_removed.is_set():
             self._device_removed.clear()
             self._lose(CaptureError(f"udev reports {self.device_label} removed"), "was unplugged")
+        if self.privacy:
+            return self._slate_frame(self._privacy_slate)
         if self._camera_ok or self._try_reopen():
             try:
                 cf = self.source.read()
@@ -195,15 +201,15 @@ class ResilientCapture:
             return CapturedFrame(cf.frame, index, cf.captured_ns, cf.slate)
         return cf
 
-    def _slate_frame(self) -> CapturedFrame:
-        """A stamped copy of the cached slate, paced at ``fps`` (capture thread)."""
+    def _slate_frame(self, slate: Any = None) -> CapturedFrame:
+        """A stamped copy of the cached slate (or ``slate``), paced at ``fps`` (capture thread)."""
         tick, captured_ns = self._pacer.wait()
         # Ticks the slate's pacer skipped (the reader fell behind) advance the index, as a camera's would.
         index = self._next_index + max(0, tick - self._last_slate_tick - 1)
         self._last_slate_tick = tick
         self._next_index = index + 1
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        copy_into_frame(frame, self._slate)
+        copy_into_frame(frame, self._slate if slate is None else slate)
         write_stamp(luma_view(frame), Stamp(index, captured_ns // 1000))
         frame.pts = index
         frame.time_base = self._time_base
