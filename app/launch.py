@@ -137,6 +137,25 @@ def start_engine(
     return EngineProcess(name, config, sock, proc, log_path)
 
 
+def wait_for_bench_engines(engines: list[EngineProcess], run_s: float) -> None:
+    """Sample CPU and memory once a second until every engine has exited on its own (they run with
+    ``--run-seconds``); RuntimeError if one is still running a minute after it should have stopped."""
+    deadline = time.monotonic() + run_s + 60
+    while any(e.proc.poll() is None for e in engines):
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench: engines did not stop in time")
+        for e in engines:
+            e.sample()
+        time.sleep(1.0)
+
+
+def check_bench_records(engines: list[EngineProcess], records: dict[str, Path]) -> None:
+    """RuntimeError naming the engine, its exit status and its log tail if one failed or left no record."""
+    for e in engines:
+        if e.proc.returncode != 0 or not records[e.name].exists():
+            raise RuntimeError(f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}")
+
+
 def stop_engines(engines: list[EngineProcess], timeout_s: float = 10.0) -> None:
     """SIGTERM every engine, wait, and SIGKILL whatever is still running."""
     for e in engines:

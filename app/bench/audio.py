@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
+from app.launch import (
+    EngineProcess,
+    check_bench_records,
+    free_udp_ports,
+    provision_twins,
+    start_engine,
+    stop_engines,
+    wait_for_bench_engines,
+)
 from app.relay import (
     Relay,
     add_impairment_arguments,
@@ -213,22 +221,12 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 engines.append(
                     start_engine(name, work, _settings(opts, name, port, peer, states[name]), args)
                 )
-            deadline = time.monotonic() + run_s + 60
-            while any(e.proc.poll() is None for e in engines):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bench: engines did not stop in time")
-                for e in engines:
-                    e.sample()
-                time.sleep(1.0)
+            wait_for_bench_engines(engines, run_s)
         finally:
             stop_engines(engines)
             if relay is not None:
                 relay.stop()
-        for e in engines:
-            if e.proc.returncode != 0 or not docs[e.name].exists():
-                raise RuntimeError(
-                    f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}"
-                )
+        check_bench_records(engines, docs)
         doc_a = json.loads(docs["a"].read_text())
         doc_b = json.loads(docs["b"].read_text())
     lo = t0 + int(opts.warmup * 1e9)

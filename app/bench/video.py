@@ -23,7 +23,15 @@ from typing import Any, Literal
 import numpy as np
 
 from app.bench.metrics import FrameRecord, summarize
-from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
+from app.launch import (
+    EngineProcess,
+    check_bench_records,
+    free_udp_ports,
+    provision_twins,
+    start_engine,
+    stop_engines,
+    wait_for_bench_engines,
+)
 from app.net.impair import ImpairmentSettings, Scenario
 from app.relay import (
     Relay,
@@ -224,22 +232,12 @@ def run_doorway(opts: argparse.Namespace) -> list[tuple[dict[str, Any], list[Fra
                 args = ["--run-seconds", str(run_s), "--bench-record", str(docs[name])]
                 settings = _engine_settings(opts, role, port, peer, states.get(name))
                 engines.append(start_engine(name, work, settings, args))
-            deadline = time.monotonic() + run_s + 60
-            while any(e.proc.poll() is None for e in engines):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("bench: engines did not stop in time")
-                for e in engines:
-                    e.sample()
-                time.sleep(1.0)
+            wait_for_bench_engines(engines, run_s)
         finally:
             stop_engines(engines)
             if relay is not None:
                 relay.stop()
-        for e in engines:
-            if e.proc.returncode != 0 or not docs[e.name].exists():
-                raise RuntimeError(
-                    f"bench: engine {e.name} failed (exit {e.proc.returncode}):\n{e.log_tail()}"
-                )
+        check_bench_records(engines, docs)
         b, a = engines
         doc_a = json.loads(docs["a"].read_text())
         doc_b = json.loads(docs["b"].read_text())

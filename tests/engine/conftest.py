@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +57,13 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_engine(engine: Any) -> tuple[threading.Event, threading.Thread, list[int]]:
+    """Start ``engine`` and wait for it on a thread: (stop event, the thread, its exit status when done)."""
+    stop = threading.Event()
+    status: list[int] = []
+    engine.start()
+    t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
+    t.start()
+    return stop, t, status

@@ -6,7 +6,6 @@ whole audio path: sound card callback → echo cancellation → Opus → UDP →
 
 from __future__ import annotations
 
-import threading
 import tracemalloc
 from pathlib import Path
 
@@ -17,16 +16,7 @@ from app.bench.audio_tap import BenchAudioTap
 from app.bench.recorder import StampRecorder
 from app.engine.engine import Engine
 from app.net.protocol import AudioCodecId, AudioPacket
-from tests.engine.conftest import small_settings, wait_for
-
-
-def run_engine(engine: Engine) -> tuple[threading.Event, threading.Thread, list[int]]:
-    stop = threading.Event()
-    status: list[int] = []
-    engine.start()
-    t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
-    t.start()
-    return stop, t, status
+from tests.engine.conftest import run_engine, small_settings, wait_for
 
 
 def audio(engine: Engine) -> dict:

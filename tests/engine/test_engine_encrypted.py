@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from app.launch import free_udp_ports, provision_twins, start_engine, stop_engin
 from app.net.protocol import Keepalive
 from app.settings import Settings
 from app.state import StateStore, Twin
+from tests.engine.conftest import run_engine as run
 from tests.engine.conftest import wait_for
 
 
@@ -31,15 +31,6 @@ def paired_settings(tmp_path: Path, name: str, port: int, state_dir: Path, **net
         display={"backend": "null"},
         audio={"enabled": False},
     )  # type: ignore[arg-type]
-
-
-def run(engine: Engine) -> tuple[threading.Event, threading.Thread, list[int]]:
-    stop = threading.Event()
-    status: list[int] = []
-    engine.start()
-    t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
-    t.start()
-    return stop, t, status
 
 
 def test_paired_engines_call_each_other_and_seal_everything(tmp_path: Path) -> None:

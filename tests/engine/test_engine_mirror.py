@@ -21,16 +21,7 @@ from app.net.protocol import Keepalive, KeyframeRequest, MediaPacket
 from app.video.capture.base import CaptureError
 from app.video.capture.synthetic import SyntheticCapture
 from app.video.frames import CapturedFrame
-from tests.engine.conftest import small_settings, wait_for
-
-
-def run_engine(engine: Engine) -> tuple[threading.Event, threading.Thread, list[int]]:
-    stop = threading.Event()
-    status: list[int] = []
-    engine.start()
-    t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
-    t.start()
-    return stop, t, status
+from tests.engine.conftest import run_engine, small_settings, wait_for
 
 
 def test_mirror_shows_every_frame_intact(tmp_path: Path) -> None:
