@@ -568,8 +568,17 @@ class Bridge:
             self.counters["events"] += 1
             if item.kind == p.EventKind.FAILSAFE_ENTERED:
                 self.counters["failsafes"] += 1
+            # The MCU keeps events while no host is connected and sends them later: say how old one is, so a
+            # button pressed long ago is not taken for a press now.
+            now_uptime = self._link.peer_uptime_ms
+            age_ms = None if now_uptime is None else max(0, now_uptime - item.uptime_ms)
             self._publish(
-                {"event": item.kind.name.lower(), "value": item.value, "mcu_uptime_ms": item.uptime_ms}
+                {
+                    "event": item.kind.name.lower(),
+                    "value": item.value,
+                    "mcu_uptime_ms": item.uptime_ms,
+                    "age_ms": age_ms,
+                }
             )
             return last_uptime
         if isinstance(item, p.ErrorReport):

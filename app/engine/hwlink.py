@@ -24,6 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RETRY_S = 2.0
+STALE_PRESS_MS = 5000
+"""A privacy button press reported later than this after it happened is ignored."""
 MAX_LINE = 64 * 1024
 
 
@@ -101,6 +103,11 @@ class HwLink:
         kind = event.get("event")
         self.events += 1
         if kind == "privacy_button":
+            age = event.get("age_ms")
+            if isinstance(age, int) and age > STALE_PRESS_MS:
+                # Pressed while the bridge was away: a toggle from back then is not what anyone wants now.
+                log.info("ignoring a privacy button press from %.1f s ago", age / 1000)
+                return
             self._privacy = not self._privacy
             self.on_privacy(self._privacy, "privacy button")
         elif kind == "privacy_switch":

@@ -69,3 +69,15 @@ def test_privacy_button_and_control_socket(tmp_path: Path) -> None:
         t.join(30)
         bridge.server.close()
     assert status["hwcontrol"]["connected"] and status["hwcontrol"]["events"] >= 3
+
+
+def test_a_stale_button_press_is_ignored(tmp_path: Path) -> None:
+    from app.engine.hwlink import HwLink
+
+    calls: list[tuple[bool, str]] = []
+    link = HwLink(tmp_path / "none.sock", lambda on, why: calls.append((on, why)))
+    link._on_event({"event": "privacy_button", "value": 0, "age_ms": 60_000})
+    assert calls == []
+    link._on_event({"event": "privacy_button", "value": 0, "age_ms": 20})
+    link._on_event({"event": "privacy_switch", "value": 0, "age_ms": 60_000})  # a state, not a press
+    assert calls == [(True, "privacy button"), (False, "privacy switch")]
