@@ -14,10 +14,15 @@ UV_VERSION=0.13.9
 # Debian packages the project needs at run time or in tests: Python's venv, SDL2 for the display sink,
 # Xvfb for the windowed display test, iproute2 for network-namespace tests.
 DEB_PACKAGES=(python3 python3-venv libsdl2-2.0-0 libportaudio2 libopus0 xvfb iproute2 ca-certificates)
+# Only the tests need these: Chromium drives the admin panel's real-browser tests (Playwright's own browser
+# download cannot work here).
+TEST_DEB_PACKAGES=(chromium)
 
 setup() {
     local missing=()
-    for p in "${DEB_PACKAGES[@]}"; do
+    local wanted=("${DEB_PACKAGES[@]}")
+    [ "${1:-}" = "test" ] && wanted+=("${TEST_DEB_PACKAGES[@]}")
+    for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -46,7 +51,7 @@ case "$cmd" in
     bench) setup; exec .venv/bin/doorway bench "$@" ;;
     doorway) setup; exec .venv/bin/doorway "$@" ;;
     test)
-        setup
+        setup test
         .venv/bin/ruff format --check .
         .venv/bin/ruff check .
         .venv/bin/mypy
