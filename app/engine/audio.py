@@ -258,12 +258,13 @@ class AudioEngine:
         self.latency_ms = Histogram()
         """Sender's capture → our DAC time of each decoded frame, ms (meaningful on one host only)."""
         self._play_started_ns = 0
-        self._far_rate = RateEstimator()
+        self._far_rate = RateEstimator(min_span_s=20.0)
         """The twin's frames (×480 samples) against their capture times: its sound card's rate."""
-        self._near_rate = RateEstimator()
+        self._near_rate = RateEstimator(min_span_s=20.0)
         """Our callbacks (× period) against their wall times: our sound card's rate."""
         self._far_frames = 0
         self._far_seq: int | None = None
+        self._last_drift_ppm: float | None = None
         self._rate_seen_callbacks = 0
         self.av_offset_ms: float | None = None
         self._audio_age_ms: float | None = None
@@ -699,7 +700,10 @@ class AudioEngine:
     def _go_idle(self) -> None:
         """The twin stopped sending (or our sound card did): silence, and a clean start when audio returns."""
         self._playing = False
-        self._far_rate.reset()  # a restarted twin's clock and frame count start afresh
+        # A restarted twin's frame count starts afresh: fit again, and report the last good estimate until
+        # the new fit spans enough time (a fit over a few seconds is noise).
+        self._last_drift_ppm = drift_ppm(self._far_rate, self._near_rate) or self._last_drift_ppm
+        self._far_rate.reset()
         self._far_seq = None
         self.counters["idles"] += 1
         # What was concealed while waiting was the twin's silence, not loss.
@@ -754,6 +758,8 @@ class AudioEngine:
             jitter = self.jitter.stats()
         c["frames_late"] = jitter["late"]
         measured_drift = drift_ppm(self._far_rate, self._near_rate)
+        if measured_drift is None:
+            measured_drift = self._last_drift_ppm
         out: dict[str, Any] = {
             "device": self.device.name,
             "device_stats": self.device.stats(),
