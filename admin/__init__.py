@@ -1,4 +1,7 @@
-"""The LAN admin panel (FastAPI) — its own process, talking to the engine over its control socket.
+"""The LAN admin panel (FastAPI): its own process, talking to the engine and the bridge over their sockets.
 
-Package root only: the panel is tracked as its own issue. The engine does not import it.
+``doorway admin`` runs it (:mod:`admin.server`): HTTPS with the doorway's own certificate
+(:mod:`admin.tls`), plain HTTP only redirecting. :func:`admin.app.create_app` builds the app from the
+routers in :mod:`admin.routes` with the dependencies in :mod:`admin.deps`; who may do what is
+:mod:`admin.security` over :mod:`admin.store`. The engine never imports this package.
 """

@@ -4,8 +4,10 @@
 ``doorway bench video`` and ``doorway bench audio`` the benchmarks, ``doorway relay`` an impairing UDP
 relay between two doorways (user-space netem), ``doorway status`` asks a running engine,
 ``doorway check-config`` validates a settings file, ``doorway pair show|join|list|remove`` pairs this
-doorway with its twin and ``doorway identity`` shows its device id and fingerprint. Settings errors are
-printed as one line per problem and the process exits with status 2 before starting anything.
+doorway with its twin, ``doorway identity`` shows its device id and fingerprint, and ``doorway admin``
+runs the LAN admin panel (``admin fingerprint`` and ``admin setup-code``: its certificate and first
+set-up). Settings errors are printed as one line per problem and the process exits with status 2 before
+starting anything.
 """
 
 from __future__ import annotations
@@ -140,6 +142,23 @@ def cmd_hwcontrol(args: argparse.Namespace) -> int:
         stop_logging()
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from admin import commands
+
+    if args.admin == "fingerprint":
+        return commands.fingerprint(settings, sys.stdout, sys.stderr)
+    if args.admin == "setup-code":
+        return commands.setup_code(settings, sys.stdout, sys.stderr)
+    from app.logs import setup_logging, stop_logging
+
+    setup_logging(args.log_level or settings.logging.level)
+    try:
+        return commands.serve(settings)
+    finally:
+        stop_logging()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -221,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--config", type=Path, default=None)
     hw.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     hw.set_defaults(func=cmd_hwcontrol)
+
+    ad = sub.add_parser(
+        "admin", help="run the LAN admin panel (the service), or manage its certificate and setup"
+    )
+    ad.add_argument("--config", type=Path, default=None)
+    ad.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    adsub = ad.add_subparsers(dest="admin", required=False)
+    adsub.add_parser("serve", help="serve the admin panel on HTTPS, and redirect plain HTTP (the default)")
+    adsub.add_parser("fingerprint", help="print the SHA-256 fingerprint of the admin panel's certificate")
+    adsub.add_parser(
+        "setup-code", help="make a one-time code to create the owner account (before set-up only)"
+    )
+    for ap in adsub.choices.values():
+        # SUPPRESS: given after the subcommand it overrides, and not given it leaves the parent's value.
+        ap.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+        ap.add_argument(
+            "--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"]
+        )
+    ad.set_defaults(func=cmd_admin, admin="serve")
 
     from app.demo import add_demo_arguments
 

@@ -10,6 +10,7 @@ This module must stay light: the admin process imports it without importing av, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -255,6 +256,50 @@ class HwcontrolSettings(_Section):
     """Scene the lights take when the bridge first meets the MCU, until someone sets them. Default 3."""
 
 
+class AdminSettings(_Section):
+    """The LAN admin panel (``doorway admin``): where it listens, how long logins last, what it accepts."""
+
+    listen_host: str = "0.0.0.0"
+    """Address the admin panel's HTTPS and HTTP listeners bind to. Default 0.0.0.0."""
+    https_port: int = Field(443, ge=1, le=65535)
+    """TCP port of the admin panel, HTTPS with the doorway's own certificate. Default 443."""
+    http_port: int = Field(80, ge=0, le=65535)
+    """TCP port of the plain-HTTP listener, which only redirects to HTTPS; 0 turns it off. Default 80."""
+    session_idle_minutes: int = Field(60, ge=1, le=10080)
+    """A login unused for this long ends, in minutes. Default 60."""
+    session_max_hours: int = Field(12, ge=1, le=720)
+    """A login ends this long after it began however much it is used, in hours. Default 12."""
+    login_max_failures: int = Field(5, ge=1, le=100)
+    """Failed logins (per client address, and per user name) within ``lockout_minutes`` that lock logging
+    in for ``lockout_minutes``. Default 5."""
+    lockout_minutes: int = Field(15, ge=1, le=1440)
+    """How long failures are remembered, and how long a lock-out lasts after the last one, in minutes.
+    Default 15."""
+    max_body_kb: int = Field(64, ge=1, le=16384)
+    """Largest request body accepted, in KiB (1024 bytes); a larger one is refused with 413. Default 64."""
+    history_days: int = Field(7, ge=1, le=366)
+    """How much status history the admin panel keeps for its charts, in days. Default 7."""
+    metrics_allow: tuple[str, ...] = ()
+    """Networks, in CIDR notation ("192.168.1.0/24", "::1/128"), whose clients may read /metrics without
+    logging in. Default empty: nobody."""
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=True)
+            except ValueError:
+                try:
+                    wide = ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not a network in CIDR notation, like 192.168.1.0/24"
+                    ) from None
+                raise ValueError(f"{item!r} has host bits set; did you mean {wide}?") from None
+        return v
+
+
 class LoggingSettings(_Section):
     """Logging to stderr (journald adds time and unit)."""
 
@@ -281,6 +326,7 @@ class Settings(BaseSettings):
     audio: AudioSettings = AudioSettings()
     pairing: PairingSettings = PairingSettings()
     hwcontrol: HwcontrolSettings = HwcontrolSettings()
+    admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
