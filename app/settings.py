@@ -279,6 +279,9 @@ class AdminSettings(_Section):
     """Largest request body accepted, in KiB (1024 bytes); a larger one is refused with 413. Default 64."""
     history_days: int = Field(7, ge=1, le=366)
     """How much status history the admin panel keeps for its charts, in days. Default 7."""
+    history_max_mb: int = Field(64, ge=1, le=4096)
+    """Most disk space the status history may take, in MiB (1 MiB = 1048576 bytes); beyond it the oldest
+    samples and events are deleted first, whatever ``history_days`` says. Default 64."""
     metrics_allow: tuple[str, ...] = ()
     """Networks, in CIDR notation ("192.168.1.0/24", "::1/128"), whose clients may read /metrics without
     logging in. Default empty: nobody."""
@@ -387,6 +390,24 @@ def _describe(err: dict[str, Any], source: str) -> str:
     return f"{source}: {key} = {value!r}: {err['msg']}"
 
 
+def parse_settings(text: str, source: str) -> Settings:
+    """Validate settings file text (TOML) merged with the environment overrides, as :func:`load_settings`
+    does after reading the file. ``source`` names the file in messages. Raises :class:`SettingsError`.
+
+    The admin panel validates a would-be file with this before writing it, so a file it saves is one the
+    services will start with."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        has_env = any(k.startswith(ENV_PREFIX) for k in os.environ)
+        where = source + (" (with DOORWAY_* environment overrides)" if has_env else "")
+        raise SettingsError("\n".join(_describe(dict(e), where) for e in exc.errors())) from None
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Read, merge and validate settings.
 
@@ -396,20 +417,12 @@ def load_settings(path: Path | None = None) -> Settings:
     """
     explicit = path is not None
     path = path if path is not None else DEFAULT_CONFIG_PATH
-    data: dict[str, Any] = {}
+    text = ""
     if path.exists():
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsError(f"{path}: cannot read: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
     elif explicit:
         raise SettingsError(f"{path}: no such settings file")
-
-    try:
-        return Settings(**data)
-    except ValidationError as exc:
-        has_env = any(k.startswith(ENV_PREFIX) for k in os.environ)
-        source = f"{path}" + (" (with DOORWAY_* environment overrides)" if has_env else "")
-        raise SettingsError("\n".join(_describe(dict(e), source) for e in exc.errors())) from None
+    return parse_settings(text, str(path))

@@ -37,7 +37,9 @@ def _open(settings: Settings, err: TextIO) -> StateStore | None:
         return None
 
 
-def _own_record(settings: Settings, identity: Identity) -> PeerRecord:
+def own_record(settings: Settings, identity: Identity) -> PeerRecord:
+    """What this doorway tells the other when pairing (the admin panel uses it too). Raises ValueError
+    when the settings cannot be sent (a name too long for the record)."""
     return PeerRecord(
         public_key=identity.public_bytes,
         name=settings.engine.name,
@@ -46,12 +48,14 @@ def _own_record(settings: Settings, identity: Identity) -> PeerRecord:
     )
 
 
-def _where(host: str, port: int) -> str:
+def where(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _shown_host(settings: Settings, bound: str) -> str:
-    """The address to tell people to type: the advertised host, the bound one, or our primary address."""
+def shown_host(settings: Settings, bound: str) -> str:
+    """The address to tell people to type: the advertised host, the bound one, or our primary address
+    (the admin panel's pairing page uses it too)."""
     if settings.pairing.advertise_host:
         return settings.pairing.advertise_host
     if bound not in ("0.0.0.0", "::", ""):
@@ -65,19 +69,32 @@ def _shown_host(settings: Settings, bound: str) -> str:
             return socket.gethostname()
 
 
-def _store_twin(store: StateStore, identity: Identity, result: PairingResult, err: TextIO) -> int:
+SELF_PAIRING = "the other doorway has this doorway's own key (paired with itself?)"
+"""Why a pairing whose other side has our own key is refused."""
+
+
+def twin_of(identity: Identity, result: PairingResult, now: float) -> Twin:
+    """The twin to store for a completed pairing (paired ``now``, Unix seconds); raises
+    :class:`PairingError` (:data:`SELF_PAIRING`) when the other side has this doorway's own key."""
     peer = result.peer
     if peer.public_key == identity.public_bytes:
-        err.write("pairing failed: the other doorway has this doorway's own key (paired with itself?)\n")
-        return EXIT_FAILED
-    twin = Twin(
+        raise PairingError(SELF_PAIRING)
+    return Twin(
         device_id=device_id_of(peer.public_key),
         name=peer.name,
         public_key=peer.public_key,
         media_host=result.media_host,
         media_port=peer.media_port,
-        paired_at=time.time(),
+        paired_at=now,
     )
+
+
+def _store_twin(store: StateStore, identity: Identity, result: PairingResult, err: TextIO) -> int:
+    try:
+        twin = twin_of(identity, result, time.time())
+    except PairingError as exc:
+        err.write(f"pairing failed: {exc}\n")
+        return EXIT_FAILED
     try:
         store.set_twin(twin)
     except StateError as exc:
@@ -90,7 +107,7 @@ def _paired_line(result: PairingResult) -> str:
     peer = result.peer
     return (
         f"paired with {peer.name} ({fingerprint_of(peer.public_key)})\n"
-        f"media goes to {_where(result.media_host, peer.media_port)}\n"
+        f"media goes to {where(result.media_host, peer.media_port)}\n"
     )
 
 
@@ -107,7 +124,7 @@ def pair_show(settings: Settings, out: TextIO, err: TextIO, *, qr: bool = True) 
             err.write(f"doorway: {exc}\n")
             return EXIT_FAILED
         try:
-            own = _own_record(settings, identity)
+            own = own_record(settings, identity)
         except ValueError as exc:
             err.write(f"doorway: cannot pair with these settings: {exc}\n")
             return EXIT_USAGE
@@ -125,7 +142,7 @@ def pair_show(settings: Settings, out: TextIO, err: TextIO, *, qr: bool = True) 
         except PairingError as exc:
             err.write(f"pairing failed: {exc}\n")
             return EXIT_FAILED
-        host = _shown_host(settings, server.address[0])
+        host = shown_host(settings, server.address[0])
         port = server.address[1]
         shown = format_code(code)
         out.write(f"This doorway: {settings.engine.name} ({identity.fingerprint})\n")
@@ -137,7 +154,7 @@ def pair_show(settings: Settings, out: TextIO, err: TextIO, *, qr: bool = True) 
         if qr:
             out.write(qr_terminal(qr_payload(code, host, port, identity.fingerprint)))
             out.write("\n")
-        out.write(f"On the other doorway, run:\n    doorway pair join {shown} {_where(host, port)}\n\n")
+        out.write(f"On the other doorway, run:\n    doorway pair join {shown} {where(host, port)}\n\n")
         out.write("Waiting for the other doorway (Ctrl-C to cancel)...\n")
         out.flush()
         try:
@@ -173,11 +190,11 @@ def pair_join(settings: Settings, code_text: str, address: str, out: TextIO, err
             err.write(f"doorway: {exc}\n")
             return EXIT_FAILED
         try:
-            own = _own_record(settings, identity)
+            own = own_record(settings, identity)
         except ValueError as exc:
             err.write(f"doorway: cannot pair with these settings: {exc}\n")
             return EXIT_USAGE
-        out.write(f"Pairing with {_where(host, port)}...\n")
+        out.write(f"Pairing with {where(host, port)}...\n")
         out.flush()
         try:
             result = join(code, own, host, port)
@@ -199,7 +216,7 @@ def _describe_twin(twin: Twin) -> str:
         f"twin:        {twin.name}\n"
         f"device id:   {twin.device_id}\n"
         f"fingerprint: {fingerprint_of(twin.public_key)}\n"
-        f"media:       {_where(twin.media_host, twin.media_port)}\n"
+        f"media:       {where(twin.media_host, twin.media_port)}\n"
         f"paired:      {paired}\n"
     )
 
