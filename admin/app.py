@@ -16,6 +16,13 @@ A request passes, in order:
 5. Exception handlers turn refusals into ``{"error": "..."}`` for the API (and for clients that do not
    accept HTML), an error page for browsers, and ``LoginRequiredError`` into a redirect to the login page.
 
+The lifespan opens what the pages use and closes it at shutdown: the admin database (:mod:`admin.store`),
+the metrics history (``history.db`` beside it, :mod:`admin.history`), the :class:`~admin.collector.Collector`
+thread that polls the engine and the bridge once a second and feeds the live views, the pairing manager
+(:mod:`admin.pairing`) and the settings file it may edit (:mod:`admin.settings_file`). Tests pass their own
+store, history, collector (any :class:`admin.web.LiveFeed`) and log source; what is passed in is theirs to
+start and close.
+
 FastAPI's ``/docs`` and ``/redoc`` are off (they load Swagger UI from a CDN, and a page here loads nothing
 from outside the doorway) and its unauthenticated ``/openapi.json`` moves behind a session to
 ``/api/openapi.json``.
@@ -27,8 +34,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
 from urllib.parse import quote
 
+import anyio
 import argon2
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,14 +48,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from admin import routes
+from admin.collector import Collector
 from admin.deps import csrf_protect, csrf_protect_public, require_session
+from admin.history import History
+from admin.logs import LazyLogSource, LogSource
 from admin.middleware import BodyLimit, PathGuard, SecurityHeaders
+from admin.pairing import PairingManager
 from admin.security import Auth, AuthError, Passwords
+from admin.settings_file import SettingsFile
 from admin.store import AdminStore, AdminStoreError
-from admin.web import STATIC_DIR, AdminContext, LoginRequiredError, error_body, render, wants_json
-from app.settings import Settings
+from admin.web import (
+    STATIC_DIR,
+    AdminContext,
+    CurrentSettings,
+    LiveFeed,
+    LoginRequiredError,
+    error_body,
+    render,
+    wants_json,
+)
+from app.settings import DEFAULT_CONFIG_PATH, Settings
 
 log = logging.getLogger(__name__)
+
+HISTORY_FILE: Final = "history.db"
+"""The metrics history's file name in ``engine.state_dir``."""
+LIVE_STREAMS: Final = 16
+"""Live views (server-sent event streams) served at once; the collector's own limit is the same."""
 
 _REASONS = {
     400: "bad request",
@@ -62,33 +91,81 @@ _REASONS = {
 def create_app(
     settings: Settings,
     *,
+    config_path: Path = DEFAULT_CONFIG_PATH,
     store: AdminStore | None = None,
     clock: Callable[[], float] = time.time,
     hasher: argon2.PasswordHasher | None = None,
+    collector: LiveFeed | None = None,
+    history: History | None = None,
+    log_source: LogSource | None = None,
 ) -> FastAPI:
-    """The admin panel for a doorway with ``settings``.
+    """The admin panel for a doorway with ``settings``, read from ``config_path`` (the process's
+    ``--config``: the file the settings page edits).
 
-    ``store``: an open :class:`AdminStore` to use (tests); by default the lifespan opens
-    ``admin.db`` in ``engine.state_dir`` and closes it at shutdown. ``clock``: Unix seconds (tests pass a
-    fake to step through lock-outs and session expiry). ``hasher``: argon2 parameters (tests use cheap
-    ones; the default is argon2-cffi's).
+    ``store``: an open :class:`AdminStore` to use (tests); by default the lifespan opens ``admin.db`` in
+    ``engine.state_dir`` and closes it at shutdown. ``clock``: Unix seconds (tests pass a fake to step
+    through lock-outs and session expiry). ``hasher``: argon2 parameters (tests use cheap ones; the
+    default is argon2-cffi's). ``history``: the metrics history (default ``history.db`` in the state
+    directory, kept ``admin.history_days`` and at most ``admin.history_max_mb``). ``collector``: the live
+    feed (default a :class:`Collector` started with the app and stopped at shutdown). ``log_source``: where
+    the logs page reads (default the journal, or the log files without one, chosen at the first read).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = store is None
-        st = store if store is not None else AdminStore(settings.engine.state_dir)
+        state_dir = settings.engine.state_dir
+        st = store if store is not None else AdminStore(state_dir)
+        hist = (
+            history
+            if history is not None
+            else History(
+                state_dir / HISTORY_FILE,
+                retention_s=settings.admin.history_days * 86400.0,
+                max_bytes=settings.admin.history_max_mb * 1024 * 1024,
+            )
+        )
+        own_collector: Collector | None = None
+        feed = collector
+        if feed is None:
+            feed = own_collector = Collector(
+                settings.engine.control_socket, settings.hwcontrol.control_socket, hist
+            )
+        current = CurrentSettings(settings)
+
+        def pairing_event(level: str, message: str) -> None:
+            hist.add_event(clock(), "admin", level, message)
+
+        pairing = PairingManager(current.get, state_dir, clock=clock, on_event=pairing_event)
         auth = Auth(st, settings.admin, clock, Passwords(hasher))
-        app.state.admin = AdminContext(settings=settings, store=st, auth=auth, clock=clock)
+        app.state.admin = AdminContext(
+            settings=settings,
+            store=st,
+            auth=auth,
+            clock=clock,
+            settings_file=SettingsFile(config_path),
+            current=current,
+            history=hist,
+            feed=feed,
+            logs=log_source if log_source is not None else LazyLogSource(),
+            pairing=pairing,
+            stream_slots=anyio.CapacityLimiter(LIVE_STREAMS),
+        )
         if auth.needs_setup():
             log.warning(
                 "no owner account yet: open /setup with a setup code (`doorway admin setup-code` makes one)"
             )
+        if own_collector is not None:
+            own_collector.start()
         try:
             yield
         finally:
             app.state.admin = None
-            if own:
+            pairing.close()
+            if own_collector is not None:
+                own_collector.stop()  # Stores what it averaged so far, so before the history closes.
+            if history is None:
+                hist.close()
+            if store is None:
                 st.close()
 
     app = FastAPI(

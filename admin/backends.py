@@ -56,18 +56,24 @@ def _down(what: str, path: Path, exc: ControlClientError, timeout: float) -> str
     return f"the {what} cannot be reached: {exc}"
 
 
-def component_status(
-    path: Path, what: str, cmd: str = "status", timeout: float = STATUS_TIMEOUT_S
-) -> ComponentStatus:
-    """Ask the process serving ``path`` for ``cmd``; never raises. Blocks up to ``timeout`` seconds."""
+def ask(path: Path, what: str, cmd: str, timeout: float = STATUS_TIMEOUT_S, **args: Any) -> ComponentStatus:
+    """Send ``cmd`` with ``args`` to the process serving ``path`` (``what`` names it in messages); never
+    raises. ``status`` is the answer without "ok" when it was ok. Blocks up to ``timeout`` seconds."""
     try:
-        resp = request(path, cmd, timeout=timeout)
+        resp = request(path, cmd, timeout=timeout, **args)
     except ControlClientError as exc:
         return ComponentStatus(up=False, error=_down(what, path, exc, timeout))
     if resp.get("ok") is not True:
         return ComponentStatus(up=True, error=f"the {what} refused: {resp.get('error', 'no reason given')}")
     resp.pop("ok")
     return ComponentStatus(up=True, status=resp)
+
+
+def component_status(
+    path: Path, what: str, cmd: str = "status", timeout: float = STATUS_TIMEOUT_S
+) -> ComponentStatus:
+    """Ask the process serving ``path`` for ``cmd``; never raises. Blocks up to ``timeout`` seconds."""
+    return ask(path, what, cmd, timeout)
 
 
 async def read_status(settings: Settings, timeout: float = STATUS_TIMEOUT_S) -> SystemStatus:

@@ -7,6 +7,7 @@ failed (the message says why). Results go to ``out``, problems to ``err``; nothi
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TextIO
 
 from admin import tls
@@ -23,11 +24,11 @@ def _url(settings: Settings, path: str) -> str:
     return f"https://doorway.local{'' if port == 443 else f':{port}'}{path}"
 
 
-def serve(settings: Settings) -> int:
-    """Run the admin panel until SIGTERM (the service)."""
+def serve(settings: Settings, config_path: Path) -> int:
+    """Run the admin panel until SIGTERM (the service); its settings page edits ``config_path``."""
     from admin.server import serve as run_server
 
-    return run_server(settings)
+    return run_server(settings, config_path)
 
 
 def fingerprint(settings: Settings, out: TextIO, err: TextIO) -> int:

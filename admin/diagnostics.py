@@ -171,7 +171,9 @@ def _toml_string(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value (string, number, boolean, array or inline table); the settings page writes
+    single values with it too."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -183,11 +185,11 @@ def _toml_value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v if x is not None) + "]"
     if isinstance(v, Mapping):
         return (
             "{ "
-            + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items() if x is not None)
+            + ", ".join(f"{_toml_key(str(k))} = {toml_value(x)}" for k, x in v.items() if x is not None)
             + " }"
         )
     return _toml_string(str(v))
@@ -207,7 +209,7 @@ def to_toml(data: Mapping[str, Any]) -> str:
             elif v is None:
                 lines.append(f"# {key}: none")
             else:
-                lines.append(f"{key} = {_toml_value(v)}")
+                lines.append(f"{key} = {toml_value(v)}")
         for name, sub in subtables:
             lines.append("")
             lines.append(f"[{name}]")

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -346,3 +347,21 @@ def create_log_source(
         log.info("logs: no journalctl; reading log files")
     files = paths if paths is not None else {name: DEFAULT_LOG_DIR / f"{name}.log" for name in UNITS}
     return FileLogSource(files)
+
+
+class LazyLogSource:
+    """A :class:`LogSource` that chooses where to read (``factory``, by default :func:`create_log_source`)
+    at the first read rather than when the panel starts: the journal probe can take a few seconds, and
+    most of the time nobody reads the logs. Thread-safe."""
+
+    def __init__(self, factory: Callable[[], LogSource] = create_log_source) -> None:
+        self._factory = factory
+        self._source: LogSource | None = None
+        self._lock = threading.Lock()
+
+    def read(self, services: Sequence[str], level: str, since: float | None, limit: int) -> list[LogLine]:
+        with self._lock:
+            if self._source is None:
+                self._source = self._factory()
+            source = self._source
+        return source.read(services, level, since, limit)

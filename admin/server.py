@@ -29,13 +29,14 @@ import re
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
 
 from admin import tls
 from admin.app import create_app
-from app.settings import Settings
+from app.settings import DEFAULT_CONFIG_PATH, Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ REDIRECT_MAX_CLIENTS: Final = 32
 """Most connections the redirect server serves at once; more are closed at once."""
 REDIRECT_TIMEOUT_S: Final = 10.0
 """How long the redirect server waits for a request line and headers, in seconds."""
+GRACEFUL_STOP_S: Final = 5
+"""How long a stop waits for requests in flight before cancelling them, in seconds. Live views (server-sent
+event streams) never finish by themselves; without a limit they would hold the process until systemd
+kills it."""
 
 _HOST_RE: Final = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]{1,253}))(?::\d{1,5})?$")
 
@@ -160,12 +165,17 @@ class AdminServer:
     """The admin process: HTTPS app plus the redirect port. ``run()`` on the main thread; ``stop()`` from
     anywhere (or SIGTERM/SIGINT).
 
-    ``https_port``/``http_port`` override the settings (tests: ``https_port=0`` for a free port,
-    ``http_port=0`` for no redirect server).
+    ``config_path`` is the settings file the settings page edits. ``https_port``/``http_port`` override
+    the settings (tests: ``https_port=0`` for a free port, ``http_port=0`` for no redirect server).
     """
 
     def __init__(
-        self, settings: Settings, *, https_port: int | None = None, http_port: int | None = None
+        self,
+        settings: Settings,
+        config_path: Path = DEFAULT_CONFIG_PATH,
+        *,
+        https_port: int | None = None,
+        http_port: int | None = None,
     ) -> None:
         self.settings = settings
         a = settings.admin
@@ -182,7 +192,7 @@ class AdminServer:
             self.https_sock.close()
             raise
         config = uvicorn.Config(
-            create_app(settings),
+            create_app(settings, config_path=config_path),
             ssl_certfile=str(self.files.cert),
             ssl_keyfile=str(self.files.key),
             log_config=None,  # Our logging (app.logs) is already set up; uvicorn's records propagate to it.
@@ -193,6 +203,7 @@ class AdminServer:
             limit_concurrency=64,
             h11_max_incomplete_event_size=16 * 1024,
             lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_STOP_S,
         )
         self.server = uvicorn.Server(config)
 
@@ -222,10 +233,10 @@ class AdminServer:
         return 0 if self.server.started else 1
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, config_path: Path = DEFAULT_CONFIG_PATH) -> int:
     """Run the admin process (``doorway admin serve``) until SIGTERM; return the exit status."""
     try:
-        server = AdminServer(settings)
+        server = AdminServer(settings, config_path)
     except tls.TlsError as exc:
         log.error("cannot start: %s", exc)
         return 1

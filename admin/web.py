@@ -4,7 +4,9 @@ Routes get what they need through :mod:`admin.deps`; this module holds the piece
 the route modules share, so that no route module imports another:
 
 - :class:`AdminContext`, built once by the app's lifespan and kept in ``app.state.admin``: settings, the
-  store, the :class:`admin.security.Auth` service and the clock.
+  store, the :class:`admin.security.Auth` service, the clock, and the pieces the pages drive (the live
+  feed, the history, the settings file, pairing, the logs).
+- :class:`LiveFeed`, what the pages need of :class:`admin.collector.Collector` (tests pass a fake).
 - :func:`render`: a page from ``admin/templates/`` with the variables every page needs (the CSRF token
   for the ``<meta>`` tag and forms, the logged-in user for the navigation bar).
 - the cookie helpers, so every cookie carries the same flags (HttpOnly, Secure, SameSite=Strict, Path=/).
@@ -14,17 +16,25 @@ the route modules share, so that no route module imports another:
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import anyio
 import jinja2
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 
+from admin.history import History
+from admin.logs import LogSource
+from admin.pairing import PairingManager
 from admin.security import CSRF_COOKIE, SESSION_COOKIE, Auth, Session, new_token
+from admin.settings_file import SettingsFile
 from admin.store import AdminStore
 from app.settings import Settings
 
@@ -44,18 +54,97 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def number(value: object, digits: int = 1, unit: str = "") -> str:
+    """A measurement for a page: ``12.3 ms``; "—" when it is not known (None, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "—"
+    text = f"{value:.{digits}f}"
+    return f"{text} {unit}" if unit else text
+
+
+def utc_time(t: object) -> str:
+    """Unix seconds as ``2024-05-01 12:00:05 UTC`` ("—" when unknown); ``admin.js`` shows it in the
+    browser's own time zone."""
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        return "—"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+_env.filters["number"] = number
+_env.filters["utc_time"] = utc_time
+
 templates: Final = Jinja2Templates(env=_env)
 """The page templates (FastAPI's ``Jinja2Templates`` over our own strict, autoescaping environment)."""
 
 
+class LiveSubscription(Protocol):
+    """One live view of the samples (:class:`admin.collector.Subscription`)."""
+
+    closed: bool
+
+    def get(self, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The next sample, waiting up to ``timeout_s`` seconds; None on timeout or when closed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LiveFeed(Protocol):
+    """What the pages use of the :class:`admin.collector.Collector`: the latest sample, live views, and
+    its own counters."""
+
+    def latest(self) -> dict[str, Any]: ...
+
+    def subscribe(self) -> LiveSubscription: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class CurrentSettings:
+    """The settings as the panel last saved them (at start: the ones the process runs with). Pairing reads
+    the doorway's name and media port from here, so a name saved on the settings page is the one the next
+    pairing tells the other doorway, without restarting the panel. Thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+
+    def get(self) -> Settings:
+        with self._lock:
+            return self._settings
+
+    def set(self, settings: Settings) -> None:
+        with self._lock:
+            self._settings = settings
+
+
 @dataclass(frozen=True)
 class AdminContext:
-    """What every request may use; one per app, made by the lifespan, in ``app.state.admin``."""
+    """What every request may use; one per app, made by the lifespan, in ``app.state.admin``.
+
+    ``settings`` are the ones the process runs with (sockets, state directory, its own listeners);
+    ``current`` follows what the settings page saves."""
 
     settings: Settings
     store: AdminStore
     auth: Auth
     clock: Callable[[], float]
+    settings_file: SettingsFile
+    current: CurrentSettings
+    history: History
+    feed: LiveFeed
+    logs: LogSource
+    pairing: PairingManager
+    stream_slots: anyio.CapacityLimiter
+    """Worker threads the live streams may hold at once, waiting for samples (apart from the thread pool
+    every other request uses, so open overview pages cannot starve it)."""
+
+    def event(self, level: str, message: str) -> None:
+        """Record one of the panel's own actions in the history's event list (source "admin"). Writes
+        SQLite: call from a worker thread."""
+        self.history.add_event(self.clock(), "admin", level, message)
 
 
 class LoginRequiredError(Exception):
@@ -108,14 +197,16 @@ def render(
 ) -> Response:
     """Render page ``template`` for ``session`` (or for nobody, with the pre-session ``csrf_token``).
 
-    Every page gets ``csrf_token`` (written into ``<meta name="csrf-token">`` and hidden form fields) and
-    ``username`` (None when logged out: the navigation bar is hidden).
+    Every page gets ``csrf_token`` (written into ``<meta name="csrf-token">`` and hidden form fields),
+    ``username`` (None when logged out: the navigation bar is hidden) and ``page`` (the navigation entry
+    to mark as current; None for none).
     """
     values: dict[str, Any] = {
         "csrf_token": session.csrf_token if session is not None else (csrf_token or ""),
         "username": session.username if session is not None else None,
         "error": None,
         "notice": None,
+        "page": None,
     }
     values.update(context)
     return templates.TemplateResponse(request, template, values, status_code=status_code, headers=headers)

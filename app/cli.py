@@ -154,7 +154,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or settings.logging.level)
     try:
-        return commands.serve(settings)
+        # The settings page edits the file this process was started with.
+        return commands.serve(settings, args.config or DEFAULT_CONFIG_PATH)
     finally:
         stop_logging()
 
@@ -175,6 +176,12 @@ def cmd_mcu_emulator(args: argparse.Namespace) -> int:
     from hwcontrol.emulator import main as emulator_main
 
     return emulator_main(args)
+
+
+def cmd_bench_admin(args: argparse.Namespace) -> int:
+    from app.bench.admin import main as bench_main
+
+    return bench_main(args)
 
 
 def cmd_bench_hwcontrol(args: argparse.Namespace) -> int:
@@ -287,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     bv = bsub.add_parser("video", help="video latency benchmark (doorway, optionally against aiortc)")
     add_bench_video_arguments(bv)
     bv.set_defaults(func=cmd_bench_video)
+    from app.bench.admin import add_bench_admin_arguments
+
+    bad = bsub.add_parser("admin", help="admin panel response time while a 1080p60 call runs")
+    add_bench_admin_arguments(bad)
+    bad.set_defaults(func=cmd_bench_admin)
     from app.bench.hwcontrol import add_bench_hwcontrol_arguments
 
     bh = bsub.add_parser("hwcontrol", help="microcontroller bridge: commands through faults, re-plugs, loss")

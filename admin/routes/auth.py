@@ -13,6 +13,9 @@ The rules themselves (lock-out, setup code, sessions) live in :mod:`admin.securi
 from there becomes ``{"error": ...}`` with its status via the app's handler, or, on a page, the form again
 with the message.
 
+Logins (and failed ones), set-up, logouts and password changes are recorded as events in the history
+(source "admin"), where the overview lists them.
+
 Every route here is a plain ``def``: they hash passwords and write SQLite, so FastAPI runs them in its
 thread pool.
 """
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from admin.deps import ClientAddress, Ctx, CurrentUser, MaybeSession
 from admin.security import PASSWORD_MAX, AuthError, Session
 from admin.web import (
+    AdminContext,
     clear_csrf_cookie,
     clear_session_cookie,
     pre_session_csrf,
@@ -95,6 +99,18 @@ class OkOut(BaseModel):
     ok: bool = True
 
 
+def _name(username: str) -> str:
+    """A user name as an event shows it: quoted, and cut (a failed login's name is anyone's text)."""
+    return repr(username[:64])
+
+
+def _login_event(ctx: AdminContext, username: str, client: str, exc: AuthError | None) -> None:
+    if exc is None:
+        ctx.event("info", f"login: {_name(username)} from {client[:64]}")
+    elif exc.status != 409:
+        ctx.event("warning", f"login refused for {_name(username)} from {client[:64]}: {exc.message}")
+
+
 def _session_out(ctx: Ctx, session: Session) -> SessionOut:
     return SessionOut(
         username=session.username,
@@ -146,6 +162,7 @@ def login_form(
     try:
         token, session = ctx.auth.login(username, password, client)
     except AuthError as exc:
+        _login_event(ctx, username, client, exc)
         if exc.status == 409:
             return RedirectResponse("/setup", status_code=303)
         page = _form_page(
@@ -159,6 +176,7 @@ def login_form(
         if exc.retry_after is not None:
             page.headers["Retry-After"] = str(exc.retry_after)
         return page
+    _login_event(ctx, username, client, None)
     return _logged_in(ctx, token, session, safe_next(next))
 
 
@@ -192,6 +210,7 @@ def setup_form(
         if exc.retry_after is not None:
             page.headers["Retry-After"] = str(exc.retry_after)
         return page
+    ctx.event("info", f"owner account {_name(session.username)} created from {client[:64]}")
     return _logged_in(ctx, token, session, "/")
 
 
@@ -212,7 +231,12 @@ def csrf_token(request: Request) -> Response:
 def login(body: LoginIn, ctx: Ctx, client: ClientAddress) -> Response:
     """Log in: sets the session cookie and returns the session's CSRF token. 401 wrong user name or
     password; 429 locked (``Retry-After`` says for how long)."""
-    token, session = ctx.auth.login(body.username, body.password, client)
+    try:
+        token, session = ctx.auth.login(body.username, body.password, client)
+    except AuthError as exc:
+        _login_event(ctx, body.username, client, exc)
+        raise
+    _login_event(ctx, body.username, client, None)
     response = Response(_session_out(ctx, session).model_dump_json(), media_type="application/json")
     set_session_cookie(response, token, session, ctx.clock())
     clear_csrf_cookie(response)
@@ -224,6 +248,7 @@ def setup(body: SetupIn, ctx: Ctx, client: ClientAddress) -> Response:
     """Create the owner account with the one-time setup code, and log in. 403 wrong or expired code; 409
     the owner exists already (set-up is closed for good); 422 unusable name or password."""
     token, session = ctx.auth.setup(body.code, body.username, body.password, client)
+    ctx.event("info", f"owner account {_name(session.username)} created from {client[:64]}")
     response = Response(
         _session_out(ctx, session).model_dump_json(), status_code=201, media_type="application/json"
     )
@@ -238,6 +263,7 @@ def setup(body: SetupIn, ctx: Ctx, client: ClientAddress) -> Response:
 @pages.post("/logout")
 def logout_form(ctx: Ctx, session: CurrentUser) -> Response:
     ctx.auth.logout(session)
+    ctx.event("info", f"logout: {_name(session.username)}")
     response = RedirectResponse("/login", status_code=303)
     clear_session_cookie(response)
     return response
@@ -245,7 +271,7 @@ def logout_form(ctx: Ctx, session: CurrentUser) -> Response:
 
 @pages.get("/password")
 def password_page(request: Request, session: CurrentUser) -> Response:
-    return render(request, "password.html", session=session)
+    return render(request, "password.html", session=session, page="password")
 
 
 @pages.post("/password")
@@ -263,12 +289,22 @@ def password_form(
             raise AuthError(422, "the two new passwords are not the same")
         ended = ctx.auth.change_password(session, current_password, new_password, client)
     except AuthError as exc:
-        page = render(request, "password.html", session=session, status_code=exc.status, error=exc.message)
+        page = render(
+            request,
+            "password.html",
+            session=session,
+            page="password",
+            status_code=exc.status,
+            error=exc.message,
+        )
         if exc.retry_after is not None:
             page.headers["Retry-After"] = str(exc.retry_after)
         return page
+    ctx.event("info", f"password changed by {_name(session.username)} ({ended} other sessions ended)")
     others = f"{ended} other session{'s' if ended != 1 else ''} ended" if ended else "no other sessions"
-    return render(request, "password.html", session=session, notice=f"Password changed ({others}).")
+    return render(
+        request, "password.html", session=session, page="password", notice=f"Password changed ({others})."
+    )
 
 
 # -- API behind a session -----------------------------------------------------------------------------------
@@ -284,6 +320,7 @@ def current_session(ctx: Ctx, session: CurrentUser) -> SessionOut:
 def logout(ctx: Ctx, session: CurrentUser) -> Response:
     """End this session on the doorway and clear its cookie."""
     ctx.auth.logout(session)
+    ctx.event("info", f"logout: {_name(session.username)}")
     response = Response(OkOut().model_dump_json(), media_type="application/json")
     clear_session_cookie(response)
     return response
@@ -294,4 +331,5 @@ def change_password(body: PasswordIn, ctx: Ctx, session: CurrentUser, client: Cl
     """Change the password (the current one is required); every other session ends. 403 wrong current
     password; 422 unusable new password; 429 locked."""
     ended = ctx.auth.change_password(session, body.current_password, body.new_password, client)
+    ctx.event("info", f"password changed by {_name(session.username)} ({ended} other sessions ended)")
     return PasswordOut(sessions_ended=ended)

@@ -5,8 +5,11 @@
 //    token is in <meta name="csrf-token">; this adds it as the X-CSRF-Token header to same-origin fetch()
 //    and XMLHttpRequest calls, and as a hidden csrf_token field to any POST form that lacks one (forms
 //    rendered by the server already have it; this covers forms built by scripts).
-// 2. Status: elements with [data-status] under [data-status-url] are refreshed every few seconds.
+// 2. Small page helpers: the phone menu, confirmations (forms with data-confirm), busy buttons (forms with
+//    data-busy), local times (<time data-t="unix seconds">), and Doorway.fetchJSON for the page scripts.
 "use strict";
+
+document.documentElement.classList.add("js");
 
 (function () {
   const SAFE = new Set(["GET", "HEAD", "OPTIONS", "TRACE"]);
@@ -72,38 +75,78 @@
     if (event.target instanceof HTMLFormElement) addTokenField(event.target);
   }, true);
 
-  function refreshStatus(root) {
-    const url = root.getAttribute("data-status-url");
-    fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
-      .then(function (response) {
-        if (response.status === 401) {
-          window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
-          return null;
-        }
-        return response.ok ? response.json() : null;
-      })
-      .then(function (data) {
-        if (!data) return;
-        root.querySelectorAll("[data-status]").forEach(function (card) {
-          const part = data[card.getAttribute("data-status")];
-          if (!part) return;
-          const ok = part.up && !part.error;
-          const state = card.querySelector('[data-field="state"]');
-          const error = card.querySelector('[data-field="error"]');
-          if (state) {
-            state.textContent = ok ? "Running" : part.up ? "Answering, with a problem" : "Not running";
-            state.className = "state " + (ok ? "up" : "down");
-          }
-          if (error) error.textContent = part.error || "";
-        });
-      })
-      .catch(function () { /* The doorway is unreachable; try again at the next tick. */ });
+  function loginAgain() {
+    window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+  }
+
+  // JSON from the doorway's API: the parsed body, or an Error with the API's own message. A 401 (the
+  // session ended) sends the browser to the login page.
+  function fetchJSON(url, options) {
+    const init = Object.assign({ headers: { Accept: "application/json" }, credentials: "same-origin" }, options || {});
+    if (init.body !== undefined && typeof init.body !== "string") {
+      init.body = JSON.stringify(init.body);
+      init.headers = Object.assign({ "Content-Type": "application/json" }, init.headers);
+    }
+    return fetch(url, init).then(function (response) {
+      if (response.status === 401) {
+        loginAgain();
+        throw new Error("not logged in");
+      }
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        if (!response.ok) throw new Error(body.error || response.status + " " + response.statusText);
+        return body;
+      });
+    });
+  }
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+
+  function localTime(seconds) {
+    const d = new Date(seconds * 1000);
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function showLocalTimes(root) {
+    (root || document).querySelectorAll("time[data-t]").forEach(function (el) {
+      const t = parseFloat(el.getAttribute("data-t"));
+      if (isFinite(t)) el.textContent = localTime(t);
+    });
+  }
+
+  window.Doorway = { fetchJSON: fetchJSON, localTime: localTime, showLocalTimes: showLocalTimes, loginAgain: loginAgain };
+
+  // Confirm before sending forms that undo something (unpairing); then show that the form is busy.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement)) return;
+    const question = form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      return;
+    }
+    const busy = form.getAttribute("data-busy");
+    const button = form.querySelector('button[type="submit"]');
+    if (busy && button) {
+      // After the submit has started: a disabled button's own value would not be sent.
+      window.setTimeout(function () { button.disabled = true; button.textContent = busy; }, 0);
+    }
+  });
+
+  function setUpMenu() {
+    const button = document.querySelector(".menu-button");
+    const nav = document.getElementById("site-nav");
+    if (!button || !nav) return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      const open = nav.classList.toggle("open");
+      button.setAttribute("aria-expanded", open ? "true" : "false");
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("form").forEach(addTokenField);
-    document.querySelectorAll("[data-status-url]").forEach(function (root) {
-      window.setInterval(function () { refreshStatus(root); }, 5000);
-    });
+    setUpMenu();
+    showLocalTimes(document);
   });
 })();

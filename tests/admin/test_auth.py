@@ -28,6 +28,7 @@ from tests.admin.conftest import (
     USER,
     Browser,
     FakeClock,
+    FakeFeed,
     api_login,
     api_setup,
     new_client,
@@ -394,7 +395,7 @@ def test_password_is_rehashed_when_parameters_change(
     before = store.owner()
     assert before is not None and "m=64,t=1,p=1" in before.password_hash
     stronger = argon2.PasswordHasher(time_cost=2, memory_cost=128, parallelism=1)
-    app2 = create_app(settings, store=store, clock=clock, hasher=stronger)
+    app2 = create_app(settings, store=store, clock=clock, hasher=stronger, collector=FakeFeed())
     with TestClient(app2, base_url=BASE_URL) as c:
         assert api_login(c).status_code == 200
     after = store.owner()

@@ -16,6 +16,7 @@ def test_defaults() -> None:
     assert (a.listen_host, a.https_port, a.http_port) == ("0.0.0.0", 443, 80)
     assert (a.session_idle_minutes, a.session_max_hours) == (60, 12)
     assert (a.login_max_failures, a.lockout_minutes, a.max_body_kb, a.history_days) == (5, 15, 64, 7)
+    assert a.history_max_mb == 64
     assert a.metrics_allow == ()
 
 

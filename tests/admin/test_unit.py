@@ -57,3 +57,12 @@ def test_admin_unit_shares_state_and_sockets_with_the_other_units() -> None:
     engine = configparser.ConfigParser(strict=False, interpolation=None)
     engine.read_string((UNIT.parent / "doorway-engine.service").read_text())
     assert engine["Service"]["User"] == service["User"]
+
+
+def test_admin_unit_may_rewrite_the_settings_file_and_read_the_journal() -> None:
+    service = read_unit()["Service"]
+    # The settings page replaces the file by a rename in its directory, under ProtectSystem=strict.
+    assert service["ReadWritePaths"] == f"-{DEFAULT_CONFIG_PATH.parent}"
+    tmpfiles = (ROOT / "image/rootfs-overlay/usr/lib/tmpfiles.d/doorway.conf").read_text()
+    assert f"d {DEFAULT_CONFIG_PATH.parent} 0750 doorway doorway -" in tmpfiles.splitlines()
+    assert service["SupplementaryGroups"] == "systemd-journal"  # The logs page runs journalctl.
