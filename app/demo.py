@@ -1,9 +1,12 @@
-"""``doorway demo``: two doorways on this machine in a call, with synthetic cameras, and live statistics.
+"""``doorway demo``: two doorways on this machine in a call, with synthetic hardware, and live statistics.
 
-Both doorways are real ``doorway engine`` processes joined over loopback UDP, each sending its synthetic
-room and showing the other's; the demo only starts them and reads their control sockets once a second.
-Where a display is available (``DISPLAY`` or ``WAYLAND_DISPLAY`` set) each one opens a window showing what
-it receives; otherwise they use the null sink.
+Each doorway is what an appliance runs, as real processes on one settings file: ``doorway engine`` (joined
+to the other over loopback UDP, sending its synthetic room and showing the other's), ``doorway hwcontrol``
+with ``doorway mcu-emulator`` as its room controller (lights, sensors, privacy button), and ``doorway admin
+serve``, its admin panel on HTTPS at a loopback port, printed at the start with the one-time setup code that
+claims it. The demo only starts them and reads the engines' control sockets once a second. Where a display
+is available (``DISPLAY`` or ``WAYLAND_DISPLAY`` set) each engine opens a window showing what it receives;
+otherwise they use the null sink.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from app.control import ControlClientError, request
-from app.launch import EngineProcess, free_udp_ports, provision_twins, start_engine, stop_engines
+from app.launch import (
+    EngineProcess,
+    admin_setup_code,
+    free_tcp_ports,
+    free_udp_ports,
+    provision_twins,
+    start_admin,
+    start_engine,
+    start_room_controller,
+    stop_engines,
+)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,13 +42,18 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bitrate-kbps", type=int, default=4000)
     p.add_argument("--display", choices=["auto", "null", "sdl"], default="auto")
     p.add_argument(
-        "--keep", type=Path, default=None, help="keep the engines' configs and logs in this folder"
+        "--keep", type=Path, default=None, help="keep the doorways' configs, state and logs in this folder"
+    )
+    p.add_argument(
+        "--engines-only",
+        action="store_true",
+        help="only the two engines: no room controllers and no admin panels",
     )
 
 
 def _settings(
     opts: argparse.Namespace, port: int, peer: int, display: str, seed: int, title: str, state_dir: Path
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
     return {
         "engine": {"state_dir": str(state_dir)},
         "capture": {"backend": "synthetic", "seed": seed},
@@ -53,6 +71,21 @@ def _settings(
         },
         "display": {"backend": display, "fullscreen": False, "window_title": title},
     }
+
+
+def _panel_line(name: str, config: Path, state_dir: Path, port: int) -> str:
+    """Where doorway ``name``'s admin panel is and how to claim it (made before the panel starts)."""
+    from admin import tls
+
+    code = admin_setup_code(config)
+    try:
+        fingerprint = tls.fingerprint(tls.ensure_certificate(state_dir).cert)
+    except tls.TlsError as exc:
+        raise RuntimeError(str(exc)) from None
+    return (
+        f"{name}'s admin panel: https://127.0.0.1:{port}/ — setup code {code}\n"
+        f"  (its certificate is the doorway's own; SHA-256 {fingerprint})"
+    )
 
 
 def _direction(stats: dict[str, Any], prev: tuple[int, int], dt: float) -> tuple[str, tuple[int, int]]:
@@ -93,25 +126,47 @@ def run_demo(opts: argparse.Namespace) -> int:
         pa, pb = free_udp_ports(2)
         # The two doorways are paired the way an installer pairs them; every packet between them is sealed.
         states = provision_twins(work, ("kitchen", "studio"), (pa, pb))
-        engines: list[EngineProcess] = [
-            start_engine(
-                "kitchen",
-                work,
-                _settings(
-                    opts, pa, pb, display, 1, "Doorway: the kitchen sees the studio", states["kitchen"]
-                ),
-            ),
-            start_engine(
-                "studio",
-                work,
-                _settings(opts, pb, pa, display, 2, "Doorway: the studio sees the kitchen", states["studio"]),
-            ),
-        ]
+        https_ports = free_tcp_ports(2)
+        engines: list[EngineProcess] = []
+        services: list[EngineProcess] = []
+        panels: list[str] = []
+        try:
+            for i, (name, port, peer, title) in enumerate(
+                (
+                    ("kitchen", pa, pb, "the kitchen sees the studio"),
+                    ("studio", pb, pa, "the studio sees the kitchen"),
+                )
+            ):
+                settings = _settings(opts, port, peer, display, i + 1, f"Doorway: {title}", states[name])
+                link = work / f"{name}-mcu"
+                if not opts.engines_only:
+                    settings["hwcontrol"] = {
+                        "device": str(link),
+                        "control_socket": str(work / f"{name}-hw.sock"),
+                    }
+                    settings["admin"] = {
+                        "listen_host": "127.0.0.1",
+                        "https_port": https_ports[i],
+                        "http_port": 0,
+                    }
+                engines.append(start_engine(name, work, settings))
+                if opts.engines_only:
+                    continue
+                config = engines[-1].config
+                services += start_room_controller(name, work, config, link, seed=i + 1)
+                panels.append(_panel_line(name, config, states[name], https_ports[i]))
+                services.append(start_admin(name, work, config))
+        except (RuntimeError, OSError) as exc:
+            stop_engines(engines + services)
+            print(f"doorway demo: could not start the doorways: {exc}", flush=True)
+            return 1
         print(
             f"doorway demo: two doorways ({opts.width}×{opts.height}@{opts.fps}, {opts.bitrate_kbps} kb/s) "
             f"on 127.0.0.1:{pa} and :{pb}, display {display}; Ctrl-C to stop",
             flush=True,
         )
+        for line in panels:
+            print(line, flush=True)
         started = time.monotonic()
         prev = {e.name: (0, 0) for e in engines}
         last = time.monotonic()
@@ -121,7 +176,7 @@ def run_demo(opts: argparse.Namespace) -> int:
                 if opts.seconds is not None and time.monotonic() - started >= opts.seconds:
                     break
                 stop.wait(1.0)
-                dead = [e for e in engines if e.proc.poll() is not None]
+                dead = [e for e in engines + services if e.proc.poll() is not None]
                 if dead:
                     for e in dead:
                         print(
@@ -143,8 +198,8 @@ def run_demo(opts: argparse.Namespace) -> int:
                 last = now
                 print(f"[{now - started:5.1f}s] " + " | ".join(parts), flush=True)
         finally:
-            stop_engines(engines)
-        for e in engines:
+            stop_engines(services + engines)
+        for e in engines + services:
             if e.proc.returncode not in (0, -signal.SIGTERM) and status == 0:
                 print(f"doorway demo: {e.name} exited with {e.proc.returncode}:\n{e.log_tail()}", flush=True)
                 status = 1

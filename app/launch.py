@@ -1,15 +1,19 @@
-"""Starting doorway engines as child processes on this machine: the demo and the benchmark use it.
+"""Starting doorways as child processes on this machine: the demo, the benchmarks and end-to-end tests use it.
 
-Each child is a real ``doorway engine`` process with its own settings file (written here as TOML), its own
-UDP port on loopback and its own control socket, exactly as two appliances would run, only closer together.
+Each child is a real process — ``doorway engine``, ``doorway hwcontrol`` with ``doorway mcu-emulator`` as
+its room controller, ``doorway admin serve`` — with its own settings file (written here as TOML), its own
+ports on loopback and its own control socket, exactly as two appliances would run, only closer together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +30,20 @@ def free_udp_ports(count: int) -> list[int]:
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_tcp_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
@@ -113,6 +131,27 @@ def provision_twins(workdir: Path, names: tuple[str, str], ports: tuple[int, int
     return dirs
 
 
+def _child_env() -> dict[str, str]:
+    # The children read their settings file only: a DOORWAY_* override in the caller's environment would
+    # make them differ from what the file (and the caller) says.
+    return {k: v for k, v in os.environ.items() if not k.startswith("DOORWAY_")}
+
+
+def start_child(
+    name: str, config: Path, control_socket: Path, args: list[str], log_path: Path
+) -> EngineProcess:
+    """Start ``doorway <args>`` with its output in ``log_path``; ``name`` and ``control_socket`` label it."""
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+        )
+    return EngineProcess(name, config, control_socket, proc, log_path)
+
+
 def start_engine(
     name: str, workdir: Path, settings: dict[str, dict[str, Any]], extra_args: list[str] | None = None
 ) -> EngineProcess:
@@ -124,17 +163,80 @@ def start_engine(
         "engine": {**settings.get("engine", {}), "name": name, "control_socket": str(sock)},
     }
     config.write_text(to_toml(settings))
-    log_path = workdir / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOORWAY_")}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "engine", "--config", str(config), *(extra_args or [])],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    return EngineProcess(name, config, sock, proc, log_path)
+    args = ["engine", "--config", str(config), *(extra_args or [])]
+    return start_child(name, config, sock, args, workdir / f"{name}.log")
+
+
+def start_room_controller(
+    name: str, workdir: Path, config: Path, link: Path, seed: int
+) -> list[EngineProcess]:
+    """The room controller of doorway ``name``: ``doorway mcu-emulator`` on a pseudo-terminal whose path is
+    kept at ``link`` (``hwcontrol.device`` in ``config``), and ``doorway hwcontrol`` on ``config``, which
+    finds it there. Returns both (emulator first)."""
+    emulator = start_child(
+        f"{name}-mcu", config, link, ["mcu-emulator", "--link", str(link), "--seed", str(seed)],
+        workdir / f"{name}-mcu.log",
+    )  # fmt: skip
+    bridge = start_child(
+        f"{name}-hwcontrol",
+        config,
+        link,
+        ["hwcontrol", "--config", str(config)],
+        workdir / f"{name}-hwcontrol.log",
+    )
+    return [emulator, bridge]
+
+
+def admin_setup_code(config: Path) -> str:
+    """A new one-time setup code for the admin panel of the doorway set up by ``config`` (``doorway admin
+    setup-code``), as printed: ``1234-5678-9012-3456``. RuntimeError if the owner exists already."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "admin", "setup-code", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_child_env(),
+    )
+    match = re.search(r"\b(\d{4}-\d{4}-\d{4}-\d{4})\b", done.stdout)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"doorway admin setup-code failed ({done.returncode}): {done.stderr.strip()}")
+    return match.group(1)
+
+
+def start_admin(name: str, workdir: Path, config: Path) -> EngineProcess:
+    """Start ``doorway admin serve`` on ``config`` (the doorway's settings file, which its settings page
+    edits); wait for it with :func:`wait_https`."""
+    return start_child(
+        f"{name}-admin",
+        config,
+        config,
+        ["admin", "serve", "--config", str(config)],
+        workdir / f"{name}-admin.log",
+    )
+
+
+def wait_https(port: int, deadline_s: float, child: EngineProcess | None = None) -> None:
+    """Wait until the admin panel on 127.0.0.1:``port`` answers ``/healthz``; RuntimeError after
+    ``deadline_s`` or as soon as ``child`` has exited (with its log tail)."""
+    ctx = ssl.create_default_context()
+    # The panel's certificate is its own, self-signed: this probe only asks whether it is up.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if child is not None and child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2)
+        try:
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise RuntimeError(f"the admin panel on port {port} did not come up in {deadline_s:.0f} s")
 
 
 def wait_for_bench_engines(engines: list[EngineProcess], run_s: float) -> None:

@@ -1,7 +1,9 @@
-"""``doorway demo`` starts two doorways, prints live statistics and stops cleanly by itself."""
+"""``doorway demo`` starts two doorways — engine, room controller and admin panel each — prints where the
+panels are and live statistics, and stops cleanly by itself (every process exiting without an error)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,6 +16,11 @@ def test_demo_runs_and_stops() -> None:
            "--display", "null"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("kitchen", "studio"):
+        assert re.search(
+            rf"{name}'s admin panel: https://127\.0\.0\.1:\d+/ — setup code \d{{4}}(-\d{{4}}){{3}}",
+            done.stdout,
+        )
     lines = [line for line in done.stdout.splitlines() if "kitchen sees" in line]
     assert lines, done.stdout
     # By the last report both directions are flowing.

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import re
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +26,15 @@ import numpy as np
 from app.control import ControlClientError, request
 from app.launch import (
     EngineProcess,
+    admin_setup_code,
+    free_tcp_ports,
     free_udp_ports,
     provision_twins,
+    start_admin,
     start_engine,
     stop_engines,
     to_toml,
+    wait_https,
 )
 
 PASSWORD = "bench horse battery staple"
@@ -43,16 +45,6 @@ def add_bench_admin_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of the call before measuring")
     p.add_argument("--rate", type=float, default=4.0, help="requests per second")
     p.add_argument("--json", type=Path, default=None, help="write the result object here")
-
-
-def _free_tcp_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 class _Client:
@@ -99,19 +91,6 @@ class _Client:
         return resp.status, payload, elapsed
 
 
-def _wait_https(port: int, deadline_s: float) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            status, _, _ = _Client(port).call("GET", "/healthz")
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("bench admin: the panel did not come up")
-
-
 def _pct(values: list[float]) -> dict[str, float]:
     a = np.asarray(values)
     return {
@@ -129,8 +108,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         pa, pb = free_udp_ports(2)
         states = provision_twins(work, ("a", "b"), (pa, pb))
         engines: list[EngineProcess] = []
-        admin_proc: subprocess.Popen[bytes] | None = None
-        https = _free_tcp_port()
+        (https,) = free_tcp_ports(1)
         video = {"width": 1920, "height": 1080, "fps": 60, "bitrate_kbps": 12000}
         try:
             for name, role, port, peer in (("b", "receive", pb, pa), ("a", "send", pa, pb)):
@@ -155,23 +133,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
             )
-            cli = [sys.executable, "-m", "app", "admin"]
-            code = subprocess.run(
-                [*cli, "setup-code", "--config", str(admin_cfg)], capture_output=True, text=True, check=True
-            ).stdout
-            match = re.search(r"(\d{4}-\d{4}-\d{4}-\d{4})", code)
-            if match is None:
-                raise RuntimeError(f"bench admin: no setup code in {code!r}")
-            admin_log = (work / "admin.log").open("wb")
-            admin_proc = subprocess.Popen(
-                [*cli, "serve", "--config", str(admin_cfg)], stdout=admin_log, stderr=subprocess.STDOUT
-            )
-            _wait_https(https, 30)
+            code = admin_setup_code(admin_cfg)
+            engines.append(start_admin("b", work, admin_cfg))
+            wait_https(https, 30, engines[-1])
             client = _Client(https)
             status, body, _ = client.call("GET", "/api/auth/csrf")
             client.csrf = json.loads(body)["csrf_token"]
             status, body, _ = client.call(
-                "POST", "/api/auth/setup", {"code": match.group(1), "username": "owner", "password": PASSWORD}
+                "POST", "/api/auth/setup", {"code": code, "username": "owner", "password": PASSWORD}
             )
             if status != 201:
                 raise RuntimeError(f"bench admin: set-up failed ({status}): {body[:200]!r}")
@@ -199,12 +168,6 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             sample = json.loads(body)
             fps = (stats["display"]["frames"] - before) / elapsed
         finally:
-            if admin_proc is not None:
-                admin_proc.terminate()
-                try:
-                    admin_proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    admin_proc.kill()
             stop_engines(engines)
     return {
         "seconds": opts.seconds,
@@ -224,7 +187,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
 def main(opts: argparse.Namespace) -> int:
     try:
         result = run(opts)
-    except (ControlClientError, RuntimeError, subprocess.CalledProcessError) as exc:
+    except (ControlClientError, RuntimeError) as exc:
         print(f"bench admin: {exc}", file=sys.stderr)
         return 1
     page, live, call = result["overview_page_ms"], result["live_api_ms"], result["call"]
