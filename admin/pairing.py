@@ -14,8 +14,8 @@ time: a second show while one waits returns the same code; a join while a code i
 runs is refused with :class:`PairingBusyError`.
 
 The outcome of the last attempt (paired, failed, expired, cancelled) stays in :meth:`status` until the next
-one, so a page loaded afterwards can still say what happened. Every attempt's outcome is also reported to
-``on_event`` (the history's event list).
+one, so a page loaded afterwards can still say what happened; "paired" only until the twin is unpaired.
+Every attempt's outcome is also reported to ``on_event`` (the history's event list).
 
 The code is the pairing's password: it is shown to the logged-in owner only (the routes are behind a
 session) and never logged.
@@ -149,6 +149,10 @@ class PairingManager:
         """Forget the twin; return it (None when there was none). Raises StateError."""
         twin = self.store().remove_twin()
         if twin is not None:
+            with self._lock:
+                # "paired with ..." no longer holds: the page would show it under "Not paired".
+                if self._status.state == "paired":
+                    self._status = PairingStatus()
             self._event("info", f"unpaired from {twin.name} ({fingerprint_of(twin.public_key)})")
         return twin
 

@@ -212,6 +212,8 @@ def test_unpair(owner: Browser, other: Other, settings: Settings) -> None:
     assert r.json()["message"].startswith("removed the pairing with kitchen (")
     with StateStore(settings.engine.state_dir) as store:
         assert store.twin() is None
+    # The attempt that paired them no longer says "paired with kitchen" beside "Not paired".
+    assert owner.client.get("/api/pairing/status").json()["state"] == "idle"
     assert owner.post("/api/pairing/unpair").json() == {
         "message": "not paired; nothing to remove",
         "removed": None,
