@@ -17,7 +17,8 @@ is written afresh from the data instead (comments lost; logged).
 Validate: the would-be text goes through :func:`app.settings.parse_settings`, the very path
 :func:`~app.settings.load_settings` takes at every service's start, environment overrides included. So the
 panel never writes a file a service would refuse to start with, and its refusals are the schema's own
-one-line-per-problem messages.
+one-line-per-problem messages. Before that, a value no UTF-8 file can hold is refused the same way
+(:func:`unstorable`): a lone surrogate, which JSON can carry (``"\\ud800"``) and a Python string keeps.
 
 Write (:func:`write_atomic`): a temporary file in the same directory, written, given the old file's mode
 (and owner, where the process may), fsynced, renamed over the file, and the directory fsynced. After a power
@@ -316,6 +317,22 @@ def write_atomic(path: Path, text: str) -> None:
 # -- the file ------------------------------------------------------------------------------------------------
 
 
+def unstorable(changes: Mapping[Change, Any], source: str) -> list[str]:
+    """One line per change whose value the file cannot hold: its TOML text does not encode as UTF-8.
+
+    Only a lone surrogate (U+D800 to U+DFFF on its own) does that: ``PUT /api/settings`` gets one from a
+    JSON escape such as ``"\\ud800"``, and the schema lets it through in a plain text key
+    (``audio.input_device``). Refused here it is a 422 naming the key, not a crash while writing."""
+    lines = []
+    for (section, key), value in changes.items():
+        try:
+            toml_value(value).encode("utf-8")
+        except UnicodeEncodeError:
+            # repr() escapes the surrogate, so the message itself can be encoded.
+            lines.append(f"{source}: {section}.{key} = {value!r}: not text a settings file can hold")
+    return lines
+
+
 class SettingsFile:
     """The settings file at ``path`` (it may not exist yet: all defaults). Thread-safe; methods block on
     file I/O (call them from the thread pool)."""
@@ -343,6 +360,9 @@ class SettingsFile:
         the update may repair it). Raises :class:`SettingsError` (nothing written; one line per problem)
         or :class:`SettingsWriteError`."""
         source = str(self.path)
+        problems = unstorable(changes, source)
+        if problems:
+            raise SettingsError("\n".join(problems))
         with self._lock:
             old_text = self._text()
             try:

@@ -171,6 +171,24 @@ def test_an_invalid_value_is_422_with_the_schemas_message_and_the_file_untouched
     )
 
 
+def test_text_no_file_can_hold_is_422_and_the_file_untouched(owner: Browser, config: Path) -> None:
+    # A lone surrogate: a JSON escape carries one, a Python string keeps it, UTF-8 cannot encode it. The
+    # schema lets it into a plain text key, and writing the file then crashed (500, UnicodeEncodeError).
+    before = config.read_bytes()
+    r = owner.client.put(
+        "/api/settings",
+        content=b'{"audio": {"input_device": "Mic \\ud800"}, "network": {"peer_host": "\\udc80"}}',
+        headers={"X-CSRF-Token": owner.csrf, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422
+    assert r.json()["problems"] == [
+        f"{config}: audio.input_device = 'Mic \\ud800': not text a settings file can hold",
+        f"{config}: network.peer_host = '\\udc80': not text a settings file can hold",
+    ]
+    assert config.read_bytes() == before
+    assert [p.name for p in config.parent.iterdir()] == [config.name]  # No temporary file left behind.
+
+
 def test_the_settings_file_is_created_when_there_is_none(owner: Browser, config_path: Path) -> None:
     assert not config_path.exists()
     r = owner.client.put(
