@@ -178,24 +178,41 @@
     }
     ctx.textAlign = "left";
 
-    // The series: a gap where a value is missing or samples are further apart than `gap` seconds.
+    // The series: a gap where a value is missing or samples are further apart than `gap` seconds. A
+    // sample alone between gaps (the first one after the page opens, say) is a dot: a line needs two.
     ctx.save();
     ctx.beginPath(); ctx.rect(left, top - 2, right - left, bottom - top + 4); ctx.clip();
     ctx.lineWidth = 1.6;
     ctx.lineJoin = "round";
     spec.series.forEach(function (series, i) {
       ctx.strokeStyle = colours[i];
-      ctx.beginPath();
+      ctx.fillStyle = colours[i];
+      const segments = [];
+      let segment = [];
       let previous = null;
       self.samples.forEach(function (sample) {
         const v = self.value(sample, series);
+        if (v === null || (previous !== null && sample.t - previous > self.gap)) {
+          if (segment.length) segments.push(segment);
+          segment = [];
+        }
         if (v === null) { previous = null; return; }
-        const px = xOf(sample.t);
-        const py = yOf(v);
-        if (previous === null || sample.t - previous > self.gap) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+        segment.push([xOf(sample.t), yOf(v)]);
         previous = sample.t;
       });
-      ctx.stroke();
+      if (segment.length) segments.push(segment);
+      segments.forEach(function (points) {
+        ctx.beginPath();
+        if (points.length === 1) {
+          ctx.arc(points[0][0], points[0][1], 2, 0, 2 * Math.PI);
+          ctx.fill();
+          return;
+        }
+        points.forEach(function (point, k) {
+          if (k === 0) ctx.moveTo(point[0], point[1]); else ctx.lineTo(point[0], point[1]);
+        });
+        ctx.stroke();
+      });
     });
     ctx.restore();
   };
