@@ -1,9 +1,9 @@
-"""A doorway's durable state: its long-term key and its pairing, in one SQLite database.
+"""A doorway's durable state: its long-term key, its pairing and its calibration, in one SQLite database.
 
 The database is ``doorway.db`` in the state directory (``engine.state_dir``, /var/lib/doorway on the
-appliance). It is small (two one-row tables and a counter) and written only when a doorway is provisioned,
-paired or unpaired; the engine reads it at start and polls :meth:`StateStore.version` to notice a new
-pairing made by ``doorway pair`` in another process.
+appliance). It is small (two one-row tables, a counter and the calibration results) and written only when
+a doorway is provisioned, paired, unpaired or calibrated; the engine reads it at start and polls
+:meth:`StateStore.version` to notice a new pairing made by ``doorway pair`` in another process.
 
 Theory of operation
 -------------------
@@ -25,7 +25,10 @@ systemd ``StateDirectory=`` or a test's temporary directory).
 Schema: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` lists the statements that take
 version N to N+1, applied in order on open. A database from a newer Doorway is refused rather than
 guessed at. Tables: ``identity`` (one row: the X25519 private key and its creation time), ``twin`` (at most
-one row: the paired doorway) and ``generation`` (one row: a counter bumped by every write).
+one row: the paired doorway), ``generation`` (one row: a counter bumped by every write of those two), and
+``calibration`` (the last :data:`CALIBRATIONS_KEPT` results of each calibration step, as JSON reports; see
+:mod:`app.calibration`). A calibration does not bump ``generation``: that counter means "the pairing may
+have changed"; :meth:`StateStore.calibration_version` is the calibration's own.
 
 Threads: one connection, shared by all threads of the process and guarded by a lock; each public method
 holds the lock for one short statement or transaction (microseconds to one fsync). Other processes may
@@ -40,6 +43,7 @@ This module imports only the standard library: the admin process and the durabil
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -53,6 +57,10 @@ DB_NAME: Final = "doorway.db"
 """File name of the state database inside the state directory."""
 KEY_SIZE: Final = 32
 """Bytes in an X25519 private or public key."""
+CALIBRATION_STEPS: Final = ("audio", "camera", "lighting")
+"""The calibration steps whose results the database keeps."""
+CALIBRATIONS_KEPT: Final = 20
+"""Results kept per calibration step: the latest is applied, the ones before it are history."""
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a statement waits for another process's write lock before failing, in ms."""
 
@@ -79,6 +87,17 @@ _MIGRATIONS: Final[list[list[str]]] = [
         )""",
         "INSERT INTO generation (id, value) VALUES (1, 0)",
     ],
+    # 1 -> 2: calibration results, the last few per step (see StateStore.save_calibration).
+    [
+        """CREATE TABLE calibration (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            step TEXT NOT NULL CHECK (step IN ('audio', 'camera', 'lighting')),
+            measured_at REAL NOT NULL,
+            passed INTEGER NOT NULL CHECK (passed IN (0, 1)),
+            report TEXT NOT NULL CHECK (json_valid(report))
+        )""",
+        "CREATE INDEX calibration_step ON calibration (step, id)",
+    ],
 ]
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 """The schema version this module writes and reads."""
@@ -103,6 +122,19 @@ class Twin:
     media_host: str
     media_port: int
     paired_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCalibration:
+    """One stored calibration result: its row ``id`` (increasing), the ``step``, when it was measured (Unix
+    seconds, UTC), whether it ``passed`` its targets, and the ``report`` (the JSON object of
+    :meth:`app.calibration.report.Report.to_json`)."""
+
+    id: int
+    step: str
+    measured_at: float
+    passed: bool
+    report: dict[str, Any]
 
 
 class StateStore:
@@ -300,6 +332,55 @@ class StateStore:
             conn.execute("DELETE FROM twin")
             self._bump(conn)
         return Twin(str(old[0]), str(old[1]), bytes(old[2]), str(old[3]), int(old[4]), float(old[5]))
+
+    # -- calibration --------------------------------------------------------------------------------------
+
+    def save_calibration(self, step: str, report: dict[str, Any], measured_at: float, passed: bool) -> int:
+        """Store one calibration result (``report``: a JSON object) for ``step``; durable on return.
+
+        Keeps the latest :data:`CALIBRATIONS_KEPT` of the step (older ones are deleted in the same
+        transaction, so the table stays small however often someone calibrates). Returns the row id, which
+        is also the new :meth:`calibration_version`. ValueError for an unknown step or a report that is not
+        JSON.
+        """
+        if step not in CALIBRATION_STEPS:
+            raise ValueError(f"no calibration step {step!r} (known: {', '.join(CALIBRATION_STEPS)})")
+        text = json.dumps(report, allow_nan=False, sort_keys=True)
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO calibration (step, measured_at, passed, report) VALUES (?, ?, ?, ?)",
+                (step, float(measured_at), int(bool(passed)), text),
+            )
+            row = int(cur.lastrowid or 0)
+            conn.execute(
+                "DELETE FROM calibration WHERE step = ? AND id NOT IN"
+                " (SELECT id FROM calibration WHERE step = ? ORDER BY id DESC LIMIT ?)",
+                (step, step, CALIBRATIONS_KEPT),
+            )
+        return row
+
+    def calibration(self, step: str) -> StoredCalibration | None:
+        """The latest stored result of ``step``, or None when it was never calibrated."""
+        found = self.calibration_history(step, limit=1)
+        return found[0] if found else None
+
+    def calibration_history(self, step: str, limit: int = CALIBRATIONS_KEPT) -> list[StoredCalibration]:
+        """The stored results of ``step``, newest first (at most ``limit``)."""
+        with self._lock, self._errors("read"):
+            rows = self._conn.execute(
+                "SELECT id, step, measured_at, passed, report FROM calibration WHERE step = ?"
+                " ORDER BY id DESC LIMIT ?",
+                (step, int(limit)),
+            ).fetchall()
+        return [
+            StoredCalibration(int(i), str(st), float(at), bool(ok), json.loads(report))
+            for i, st, at, ok, report in rows
+        ]
+
+    def calibration_version(self) -> int:
+        """The id of the newest calibration result (0 when none): poll it to notice a new calibration."""
+        rows = self._read("SELECT coalesce(max(id), 0) FROM calibration")
+        return int(rows[0][0])
 
     # -- change detection and diagnostics -----------------------------------------------------------------
 
