@@ -3,8 +3,10 @@
 :class:`AudioProcessing` wraps pywebrtc-audio's ``AudioProcessor`` (WebRTC's APM: AEC3, NS, AGC2 and the
 high-pass filter in one pass) for Doorway's 48 kHz stereo 10 ms frames. It is fed, per frame, the microphone
 block and the exact block that was sent to the speaker while that block was captured (the far-end
-reference); AEC3 finds the echo path's delay itself, starting from ``stream_delay_ms`` (the acoustic delay
-from calibration plus the sound card's period and output buffering).
+reference; before the engine's calibrated ``audio.playback_gain_db``, which so becomes part of the echo
+path — AEC3 cancels less well from a quieter reference); AEC3 finds the echo path's delay itself, starting
+from ``stream_delay_ms`` (the acoustic delay from calibration plus the sound card's period and output
+buffering).
 
 **What each part costs in latency** (measured on this build, a 10 ms frame in, a 10 ms frame out, by
 cross-correlating input and output of speech): the band-split filter the module always runs at 48 kHz,

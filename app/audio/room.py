@@ -95,6 +95,9 @@ class RoomConfig:
     whatever the talk pattern; None = no markers. Default None."""
     seed: int = 0
     """Seed of the generated speech, the reverberant tails and the noise (≥ 0). Default 0."""
+    dead_mic: bool = False
+    """The microphone delivers digital silence (unplugged, muted, or a broken cable) while the room goes on
+    (the ground truth still has the talker and the echo): what calibration must recognise. Default false."""
 
     def __post_init__(self) -> None:
         def check(name: str, value: float, lo: float | None, hi: float | None) -> None:
@@ -363,9 +366,12 @@ class Room:
         self._echo_block(first_needed, echo_out)
         self._noise_rng.standard_normal(dtype=np.float32, out=self._noise)
         self._noise *= self._noise_sigma
-        np.add(near_out, echo_out, out=mic)
-        mic += self._noise
-        np.clip(mic, -1.0, 1.0, out=mic)
+        if self.config.dead_mic:
+            mic.fill(0.0)
+        else:
+            np.add(near_out, echo_out, out=mic)
+            mic += self._noise
+            np.clip(mic, -1.0, 1.0, out=mic)
         self._captured += b
         return RoomBlock(m, active, offsets)
 

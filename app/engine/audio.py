@@ -86,6 +86,11 @@ STALE_DEVICE_MS = 200.0
 _OVERHEAD_BITS = (28 + 8 + 20) * 8
 
 
+def _gain(db: float) -> np.float32 | None:
+    """A gain in dB as the float32 factor the device thread scales blocks by; None for 0 dB (no work)."""
+    return None if db == 0.0 else np.float32(10.0 ** (db / 20.0))
+
+
 class AudioTap:
     """Hooks for measurement (the benchmark), each called on the thread named; all must be quick."""
 
@@ -206,8 +211,16 @@ class AudioEngine:
         self.muted = False
         """Send silence instead of the microphone (privacy; any thread sets it)."""
         self._silence_frame = np.zeros((FRAME, CHANNELS), np.float32)
+        # Calibration's digital gains (AudioSettings.playback_gain_db, capture_gain_db), as float32 factors so
+        # that scaling a block in place allocates nothing; None = 0 dB, skipped.
+        self._playback_gain = _gain(settings.playback_gain_db)
+        self._capture_gain = _gain(settings.capture_gain_db)
         self._capture_wake = _Wake()
         self._playout_wake = _Wake()
+        self.held = False
+        """The sound card is let go (:meth:`hold`)."""
+        self._hold_lock = threading.Lock()
+        self._hold_timer: threading.Timer | None = None
         # -- send side --
         self.send_codec: AudioCodec | None = None
         self.processing: AudioProcessing | None = None
@@ -299,6 +312,9 @@ class AudioEngine:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._hold_lock:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
         self.device.stop()
         self._capture_wake.set()
         self._playout_wake.set()
@@ -311,6 +327,39 @@ class AudioEngine:
                 codec.close()
         self._capture_wake.close()
         self._playout_wake.close()
+
+    def hold(self, on: bool, seconds: float = 60.0) -> bool:
+        """Let go of the sound card (``on``) for at most ``seconds``, or take it back (control thread).
+
+        For ``doorway calibrate audio``, which needs the card to itself: the device stops, the audio
+        threads stay and wait (playout notices the silent device, capture starts a fresh frame after the
+        gap), video goes on. It is taken back after ``seconds`` whatever happens to the calibration, so a
+        crashed child cannot leave the doorway mute. Returns whether the card is now let go. Raises
+        AudioDeviceError when the card cannot be opened again (the engine goes on without it; try again).
+        """
+        with self._hold_lock:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = None
+            if on:
+                if not self.held:
+                    self.device.stop()
+                    self.held = True
+                    log.info("audio: %s let go for up to %.0f s (calibration)", self.device.name, seconds)
+                self._hold_timer = threading.Timer(seconds, self._hold_expired)
+                self._hold_timer.daemon = True
+                self._hold_timer.start()
+            elif self.held and not self._stop.is_set():
+                self.device.start(self.callback)
+                self.held = False
+                log.info("audio: %s taken back", self.device.name)
+            return self.held
+
+    def _hold_expired(self) -> None:
+        try:
+            self.hold(False)
+        except Exception as exc:  # the timer's thread: nobody else would see it
+            log.warning("audio: could not take %s back after the hold: %s", self.device.name, exc)
 
     def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -337,10 +386,16 @@ class AudioEngine:
         if got < len(speaker) and self._playing:
             self.counters["underruns"] += 1
         self._callbacks += 1
-        if self.tap is not None:
-            self.tap.on_played(speaker, playout_ns)
         if self.sending:
             self._gather(mic, speaker, index, capture_ns)
+        if self._playback_gain is not None:
+            # After the echo canceller's reference was taken: AEC3 gets the far end at its nominal level and
+            # the gain becomes part of the echo path (linear unless the speaker clips). A quieter reference
+            # costs AEC3 echo reduction: 26.6 against 32.9 dB with −10 dB here (app/calibration/audio.py).
+            speaker *= self._playback_gain
+            np.clip(speaker, -1.0, 1.0, out=speaker)
+        if self.tap is not None:
+            self.tap.on_played(speaker, playout_ns)
 
     def _gather(self, mic: Block, speaker: Block, index: int, capture_ns: int) -> None:
         """Collect microphone periods and the speaker periods played meanwhile into whole frames."""
@@ -360,7 +415,11 @@ class AudioEngine:
         self._cap_expect_ns = capture_ns + self._period_ns
         if not self._cap_dropping:
             slot = ring.written % ring.slots
-            np.copyto(ring.blocks[0, slot, self._cap_fill : self._cap_fill + n], mic)
+            kept = ring.blocks[0, slot, self._cap_fill : self._cap_fill + n]
+            np.copyto(kept, mic)
+            if self._capture_gain is not None:
+                kept *= self._capture_gain  # in the ring: ``mic`` itself is the device's, read-only
+                np.clip(kept, -1.0, 1.0, out=kept)
             np.copyto(ring.blocks[1, slot, self._cap_fill : self._cap_fill + n], speaker)
         self._cap_fill += n
         if self._cap_fill >= FRAME:
