@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 
 from app.video.capture.base import CaptureError, luma_view
 from app.video.capture.v4l2 import V4L2Capture, choose_input_format
+from app.video.framing import FramedCapture, Framer, Framing
 from app.video.scene import Scene, psnr_y
 from app.video.stamp import Stamp, read_stamp
 
@@ -221,3 +224,79 @@ def test_real_camera_capture() -> None:
     assert all(isinstance(luma_view(f.frame), np.ndarray) for f in frames)
     times = [f.captured_ns for f in frames]
     assert times == sorted(times)
+
+
+def _camera(tmp_path: Path, codec: str, pix_fmt: str) -> tuple[V4L2Capture, Scene]:
+    video = tmp_path / "camera.mkv"
+    scene = _write_video(video, codec, pix_fmt, 320, 240, 8)
+    (tmp_path / "video0").touch()
+    fmt = "mjpeg" if codec == "mjpeg" else "yuyv422"
+    cap = V4L2Capture(
+        str(tmp_path / "video0"),
+        320,
+        240,
+        30,
+        input_format=fmt,
+        opener=_file_opener(video, {}),
+        dev_root=tmp_path,
+    )
+    return cap, scene
+
+
+def test_a_crop_is_folded_into_the_mjpeg_conversion(tmp_path: Path) -> None:
+    cap, scene = _camera(tmp_path, "mjpeg", "yuvj422p")
+    assert cap.set_crop((64, 48, 192, 144))
+    cap.open()
+    for i in range(3):
+        cf = cap.read()
+        assert (cf.frame.format.name, cf.frame.width, cf.frame.height) == ("yuv420p", 320, 240)
+        assert cf.index == i and cf.frame.pts == i and cf.frame.time_base == Fraction(1, 30)
+        # The middle of the scene, scaled up by 5/3: the same as cropping and scaling the whole picture.
+        whole = av.VideoFrame.from_ndarray(scene.render(i, i), format="yuv420p")
+        part = whole.to_ndarray()[48 : 48 + 144, 64 : 64 + 192]
+        expected = av.VideoFrame.from_ndarray(np.ascontiguousarray(part), format="gray")
+        want = expected.reformat(320, 240, "gray", interpolation="BILINEAR").to_ndarray()
+        assert psnr_y(luma_view(cf.frame), want) > 26.0
+        # The picture before the crop is kept for snapshots.
+        assert (cap.last_decoded.width, cap.last_decoded.format.name) == (320, "yuvj422p")
+    cap.set_crop(None)
+    assert cap.read().frame.width == 320  # The whole picture again.
+    cap.close()
+
+
+def test_a_raw_camera_does_not_fold_and_a_bad_crop_is_refused(tmp_path: Path) -> None:
+    cap, _ = _camera(tmp_path, "rawvideo", "yuyv422")
+    assert not cap.set_crop((64, 48, 192, 144))
+    mjpeg = V4L2Capture("/dev/video0", 320, 240, 30, input_format="mjpeg")
+    with pytest.raises(ValueError, match=r"crop \(200, 0, 192, 144\) is not inside the 320x240 picture"):
+        mjpeg.set_crop((200, 0, 192, 144))
+
+
+def test_framed_capture_folds_the_zoom_and_snapshots_the_whole_picture(tmp_path: Path) -> None:
+    cap, scene = _camera(tmp_path, "mjpeg", "yuvj422p")
+    framed = FramedCapture(cap, Framer(Framing(zoom=1.25, mirror=True), 320, 240))
+    assert framed.folded and framed.path == "camera+numpy"
+    assert cap._crop == (32, 24, 256, 192)
+    framed.open()
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(framed.snapshot(timeout_s=30)))
+    t.start()
+    deadline = time.monotonic() + 30
+    while not framed._want_snapshot.is_set():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cf = framed.read()
+    t.join(30)
+    assert (cf.frame.width, cf.frame.height) == (320, 240)
+    snap = got[0]
+    assert snap is not None and (snap.width, snap.height) == (320, 240)
+    assert snap.framing == Framing(zoom=1.25, mirror=True)
+    # The whole picture as the camera sent it: its stamp band reads, and it matches the scene.
+    stamp = read_stamp(snap.yuv[:240])
+    assert stamp is not None
+    assert psnr_y(snap.yuv[:240], scene.render(stamp.index, stamp.captured_us)[:240]) > 28.0
+    # Turned on its side: not foldable; the framer does it all, and the camera converts whole pictures.
+    framed.set_framing(Framing(zoom=1.25, rotation=90))
+    framed.read()
+    assert not framed.folded and framed.path == "filter" and cap._crop is None
+    framed.close()
