@@ -164,7 +164,10 @@ class Bridge:
         monitor: DeviceMonitor | None = None,
         opener: Callable[[str, int], Port] = open_serial,
         find: Callable[[HwcontrolSettings], str | None] = find_device,
+        startup_light: p.SetLight | None = None,
     ) -> None:
+        """``startup_light``: the set-point the lights take when the bridge first meets the MCU instead of
+        ``settings.startup_scene`` (the stored lighting calibration, see :mod:`hwcontrol.service`)."""
         self.settings = settings
         self._monitor = monitor if monitor is not None else NullMonitor()
         self._opener = opener
@@ -186,6 +189,8 @@ class Bridge:
         self._sensors_at = 0.0
         self._lights: dict[int, p.SetLight] = {}
         self._scene: p.SetScene | None = p.SetScene(p.Scene(settings.startup_scene), 0)
+        if startup_light is not None:
+            self._remember(startup_light)
         self._sessions = p.SessionWatch()
         self._link = p.ReliableLink(self._now())
         self._tx_log: deque[tuple[int, str]] = deque(maxlen=RECORDER_FRAMES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from app.control import CommandError, ControlServer, Handler, Stream
@@ -18,6 +19,9 @@ from hwcontrol import protocol as p
 from hwcontrol.bridge import Bridge, BridgeBusyError
 
 log = logging.getLogger(__name__)
+
+STARTUP_FADE_MS = 1000
+"""The calibrated lighting fades in over this long when the bridge first meets the MCU, ms."""
 
 
 def _int(args: dict[str, Any], name: str, lo: int, hi: int, default: int | None = None) -> int:
@@ -91,9 +95,38 @@ def commands(bridge: Bridge) -> dict[str, Handler]:
     }
 
 
-def run(settings: HwcontrolSettings, stop: threading.Event, *, monitor: DeviceMonitor | None = None) -> int:
-    """Run the bridge and its socket until ``stop`` is set. Returns the exit status."""
-    bridge = Bridge(settings, monitor=monitor if monitor is not None else create_monitor("udev", "tty"))
+def startup_light(state_dir: Path | None) -> p.SetLight | None:
+    """The lights' set-point at start from the stored lighting calibration in ``state_dir`` (its
+    brightness and colour temperature on every channel, faded in over a second), or None when there is
+    none (or no ``state_dir``): the bridge then uses ``hwcontrol.startup_scene``."""
+    if state_dir is None:
+        return None
+    from app.calibration import applied
+    from app.calibration.lighting import startup_light as calibrated
+
+    values = calibrated(applied(state_dir, "lighting"))
+    if values is None:
+        return None
+    brightness, cct_k = values
+    log.info("hwcontrol: the lights start as calibrated: %.1f %% at %d K", brightness / 10, cct_k)
+    return p.SetLight(p.ALL_CHANNELS, brightness, cct_k, 0, 0, 0, STARTUP_FADE_MS)
+
+
+def run(
+    settings: HwcontrolSettings,
+    stop: threading.Event,
+    *,
+    monitor: DeviceMonitor | None = None,
+    state_dir: Path | None = None,
+) -> int:
+    """Run the bridge and its socket until ``stop`` is set. Returns the exit status. ``state_dir``: the
+    doorway's state directory (``engine.state_dir``), where a stored lighting calibration says how the
+    lights start."""
+    bridge = Bridge(
+        settings,
+        monitor=monitor if monitor is not None else create_monitor("udev", "tty"),
+        startup_light=startup_light(state_dir),
+    )
     server = ControlServer(settings.control_socket, commands(bridge))
     bridge.start()
     server.start()
@@ -106,9 +139,9 @@ def run(settings: HwcontrolSettings, stop: threading.Event, *, monitor: DeviceMo
     return 0
 
 
-def main(settings: HwcontrolSettings) -> int:
+def main(settings: HwcontrolSettings, state_dir: Path | None = None) -> int:
     """The ``doorway hwcontrol`` process: SIGTERM and SIGINT stop it."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    return run(settings, stop)
+    return run(settings, stop, state_dir=state_dir)

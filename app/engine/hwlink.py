@@ -30,11 +30,18 @@ MAX_LINE = 64 * 1024
 
 
 class HwLink:
-    """Subscribes to the bridge at ``path`` and turns privacy events into ``on_privacy(on, why)`` calls."""
+    """Subscribes to the bridge at ``path`` and turns privacy events into ``on_privacy(on, why)`` calls, and
+    hands sensor reports to ``on_sensors`` (the room light, app/engine/lightmatch.py)."""
 
-    def __init__(self, path: Path, on_privacy: Callable[[bool, str], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_privacy: Callable[[bool, str], None],
+        on_sensors: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.path = path
         self.on_privacy = on_privacy
+        self.on_sensors = on_sensors
         self.connected = False
         self.bridge_state: str | None = None
         self.events = 0
@@ -115,6 +122,8 @@ class HwLink:
             self.on_privacy(self._privacy, "privacy switch")
         elif kind == "state":
             self.bridge_state = str(event.get("state"))
+        elif kind == "sensors" and self.on_sensors is not None:
+            self.on_sensors(event)
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "bridge_state": self.bridge_state, "events": self.events}

@@ -41,6 +41,7 @@ from app.net.protocol import (
     PacketType,
     ProtocolError,
     ReceiverReport,
+    RoomReport,
     StreamId,
     TransportFeedback,
     parse_packet,
@@ -76,9 +77,11 @@ class NetworkStage(Stage):
         on_keyframe_request: Callable[[], None],
         on_error: Callable[[str, BaseException], None],
         on_audio: Callable[[AudioPacket, int], None] | None = None,
+        on_room: Callable[[RoomReport], None] | None = None,
     ) -> None:
         super().__init__("network", on_error)
         self.on_audio = on_audio
+        self.on_room = on_room
         self.transport = transport
         self.link = transport.link
         self.out = out
@@ -125,6 +128,7 @@ class NetworkStage(Stage):
             "keyframe_requests_received": 0,
             "keepalives_received": 0,
             "reports_received": 0,
+            "room_reports_received": 0,
             "peer_restarts": 0,
         }
         self.session_id = secrets.randbits(32) | 1
@@ -218,6 +222,10 @@ class NetworkStage(Stage):
         elif isinstance(pkt, ReceiverReport):
             c["reports_received"] += 1
             self.peer_report = pkt
+        elif isinstance(pkt, RoomReport):
+            c["room_reports_received"] += 1
+            if self.on_room is not None:
+                self.on_room(pkt)
 
     def _open(self, data: bytes, now: int) -> bytes | None:
         """An encrypted link's datagram: handshakes go to the session, sealed packets come back opened.

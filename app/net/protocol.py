@@ -71,6 +71,7 @@ class PacketType(IntEnum):
     AUDIO = 10
     HANDSHAKE_INIT = 11
     HANDSHAKE_RESPONSE = 12
+    ROOM_REPORT = 13
 
 
 RESERVED_PACKET_TYPES: Final[dict[int, str]] = {
@@ -98,6 +99,13 @@ class MediaFlags(IntFlag):
 FRAME_FLAGS_MASK: Final = 0xFF & ~int(MediaFlags.RETRANSMIT)
 """Media flag bits that describe the frame (all but :attr:`MediaFlags.RETRANSMIT`): every packet of a frame
 carries the same ``flags & FRAME_FLAGS_MASK``."""
+
+
+class RoomFlags(IntFlag):
+    """Bits of a room report's flags byte. Others are reserved: sent as 0, ignored (and kept) by receivers."""
+
+    MATCHING = 0x01
+    """The sender is itself following its twin's light level ("match the far side")."""
 
 
 class AudioCodecId(IntEnum):
@@ -134,6 +142,8 @@ _AUDIO = struct.Struct("!BBBBHBBIHBBQHH")
 _AUDIO_BODY = struct.Struct("!HBBQHH")
 _HS_INIT_HEAD = struct.Struct("!BBBBHBBII")
 _HS_RESP_HEAD = struct.Struct("!BBBBHBBIII")
+_ROOM = struct.Struct("!BBBBHBBIIHH")
+_ROOM_BODY = struct.Struct("!IHH")
 _U32 = struct.Struct("!I")
 _U32_PAIR = struct.Struct("!II")
 
@@ -143,6 +153,14 @@ KEYFRAME_REQUEST_SIZE: Final = _KEYFRAME_REQUEST.size
 """Bytes in a keyframe request (16)."""
 KEEPALIVE_SIZE: Final = _KEEPALIVE.size
 """Bytes in a keepalive and in a keepalive ack (24)."""
+ROOM_REPORT_SIZE: Final = _ROOM.size
+"""Bytes in a room report (20)."""
+NO_LUX: Final = 0xFFFFFFFF
+"""A room report's ``lux_centi`` on the wire when the sender has no light reading."""
+NO_BRIGHTNESS: Final = 0xFFFF
+"""A room report's ``brightness_permille`` on the wire when the sender does not know its lights' level."""
+MAX_BRIGHTNESS_PERMILLE: Final = 1000
+"""Full brightness of the room lights, ‰."""
 
 NACK_HEADER_SIZE: Final = _NACK.size
 """Bytes in a NACK before its fragment indices (18); each index adds 2."""
@@ -759,6 +777,53 @@ class HandshakeResponse:
         return _parse_as(cls, data)
 
 
+@dataclass(slots=True)
+class RoomReport:
+    """The light level in the sender's room (type 13), sent about once a second so a twin in "match the far
+    side" mode can follow it (app/engine/lightmatch.py)."""
+
+    seq: int
+    """Packet sequence number (u32)."""
+    lux_centi: int | None
+    """Light at the sender's room sensor, lux × 100 (u32, 0 … 0xFFFFFFFE); None = no reading."""
+    age_ms: int
+    """How old the reading was when sent, ms (u16; the sender saturates it at 65535)."""
+    brightness_permille: int | None = None
+    """The sender's room lights as last set, ‰ of full (u16, 0 … 1000); None = not known."""
+    flags: int = 0
+    """:class:`RoomFlags` (u8)."""
+
+    def __bytes__(self) -> bytes:
+        lux, brightness = self.lux_centi, self.brightness_permille
+        if lux is not None and not 0 <= lux < NO_LUX:
+            raise ProtocolError(f"RoomReport: lux_centi {lux} is out of range 0..{NO_LUX - 1}")
+        if brightness is not None and not 0 <= brightness <= MAX_BRIGHTNESS_PERMILLE:
+            raise ProtocolError(
+                f"RoomReport: brightness {brightness} ‰ is out of range 0..{MAX_BRIGHTNESS_PERMILLE}"
+            )
+        try:
+            return _ROOM.pack(
+                MAGIC,
+                PROTOCOL_VERSION,
+                PacketType.ROOM_REPORT,
+                PLAINTEXT_EPOCH,
+                ROOM_REPORT_SIZE,
+                self.flags,
+                0,
+                self.seq,
+                NO_LUX if lux is None else lux,
+                self.age_ms,
+                NO_BRIGHTNESS if brightness is None else brightness,
+            )
+        except struct.error as exc:
+            raise ProtocolError(f"RoomReport: cannot encode: {exc}") from None
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Parse one datagram that must be a room report."""
+        return _parse_as(cls, data)
+
+
 Packet = (
     MediaPacket
     | ReceiverReport
@@ -771,6 +836,7 @@ Packet = (
     | AudioPacket
     | HandshakeInit
     | HandshakeResponse
+    | RoomReport
 )
 """Any version-1 packet."""
 
@@ -1004,6 +1070,25 @@ def _parse_handshake_response(data: _Data, n: int, flags: int, stream_id: int, s
     )
 
 
+def _parse_room_report(data: _Data, n: int, flags: int, stream_id: int, seq: int) -> RoomReport:
+    if n != ROOM_REPORT_SIZE:
+        raise ProtocolError(f"RoomReport: length {n}, expected {ROOM_REPORT_SIZE}")
+    if stream_id != 0:
+        raise ProtocolError(f"RoomReport: stream id must be 0, got {stream_id}")
+    lux, age_ms, brightness = _ROOM_BODY.unpack_from(data, HEADER_SIZE)
+    if brightness != NO_BRIGHTNESS and brightness > MAX_BRIGHTNESS_PERMILLE:
+        raise ProtocolError(
+            f"RoomReport: brightness {brightness} ‰ is out of range 0..{MAX_BRIGHTNESS_PERMILLE}"
+        )
+    return RoomReport(
+        seq,
+        None if lux == NO_LUX else lux,
+        age_ms,
+        None if brightness == NO_BRIGHTNESS else brightness,
+        flags,
+    )
+
+
 _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packet]]]] = {
     PacketType.MEDIA: ("MediaPacket", _parse_media),
     PacketType.RECEIVER_REPORT: ("ReceiverReport", _parse_report),
@@ -1016,6 +1101,7 @@ _PARSERS: Final[dict[int, tuple[str, Callable[[_Data, int, int, int, int], Packe
     PacketType.AUDIO: ("AudioPacket", _parse_audio),
     PacketType.HANDSHAKE_INIT: ("HandshakeInit", _parse_handshake_init),
     PacketType.HANDSHAKE_RESPONSE: ("HandshakeResponse", _parse_handshake_response),
+    PacketType.ROOM_REPORT: ("RoomReport", _parse_room_report),
 }
 
 

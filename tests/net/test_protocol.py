@@ -269,7 +269,7 @@ ERRORS: list[tuple[bytes, str]] = [
     (b"\xd0\x02" + bytes(10), "unsupported version 2, expected 1"),
     (header(0, 12), "unknown packet type 0"),
     (header(7, 12), "unknown packet type 7"),
-    (header(13, 12), "unknown packet type 13"),
+    (header(14, 12), "unknown packet type 14"),
     (header(255, 12), "unknown packet type 255"),
     (
         header(PacketType.KEEPALIVE, 24, epoch=1) + bytes(12),
