@@ -4,10 +4,10 @@
 ``doorway bench video`` and ``doorway bench audio`` the benchmarks, ``doorway relay`` an impairing UDP
 relay between two doorways (user-space netem), ``doorway status`` asks a running engine,
 ``doorway check-config`` validates a settings file, ``doorway pair show|join|list|remove`` pairs this
-doorway with its twin, ``doorway identity`` shows its device id and fingerprint, and ``doorway admin``
-runs the LAN admin panel (``admin fingerprint`` and ``admin setup-code``: its certificate and first
-set-up). Settings errors are printed as one line per problem and the process exits with status 2 before
-starting anything.
+doorway with its twin, ``doorway identity`` shows its device id and fingerprint, ``doorway admin`` runs the
+LAN admin panel (``admin fingerprint`` and ``admin setup-code``: its certificate and first set-up), and
+``doorway calibrate audio|camera|lighting|show`` calibrates the room. Settings errors are printed as one
+line per problem and the process exits with status 2 before starting anything.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        engine = Engine(settings, sink_hook=recorder, audio_tap=audio_tap)
+        engine = Engine(settings, sink_hook=recorder, audio_tap=audio_tap, config_path=args.config)
     except (LinkError, CaptureError, EncoderError, AudioDeviceError, CodecError, StateError) as exc:
         log.error("cannot start: %s", exc)
         stop_logging()
@@ -137,7 +137,7 @@ def cmd_hwcontrol(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or settings.logging.level)
     try:
-        return hwcontrol_main(settings.hwcontrol)
+        return hwcontrol_main(settings.hwcontrol, state_dir=settings.engine.state_dir)
     finally:
         stop_logging()
 
@@ -158,6 +158,23 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return commands.serve(settings, args.config or DEFAULT_CONFIG_PATH)
     finally:
         stop_logging()
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from app.calibration.commands import calibrate, show
+
+    if args.step == "show":
+        return show(settings, as_json=args.json, out=sys.stdout, err=sys.stderr)
+    return calibrate(
+        settings,
+        args.step,
+        as_json=args.json,
+        save=not args.no_save,
+        progress_json=args.progress_json,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -186,6 +203,12 @@ def cmd_bench_admin(args: argparse.Namespace) -> int:
 
 def cmd_bench_hwcontrol(args: argparse.Namespace) -> int:
     from app.bench.hwcontrol import main as bench_main
+
+    return bench_main(args)
+
+
+def cmd_bench_framing(args: argparse.Namespace) -> int:
+    from app.bench.framing import main as bench_main
 
     return bench_main(args)
 
@@ -269,6 +292,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from app.demo import add_demo_arguments
 
+    cal = sub.add_parser(
+        "calibrate",
+        help="calibrate this doorway: audio (delay, levels, echo), camera (controls, framing), lighting",
+    )
+    cal.add_argument(
+        "step", choices=["audio", "camera", "lighting", "show"], help="the step, or the stored results"
+    )
+    cal.add_argument(
+        "--config", type=Path, default=None, help=f"settings file (default {DEFAULT_CONFIG_PATH})"
+    )
+    cal.add_argument("--json", action="store_true", help="print the report as JSON")
+    cal.add_argument("--no-save", action="store_true", help="measure and report, but store and apply nothing")
+    cal.add_argument(
+        "--progress-json", action="store_true", help="progress on stderr as JSON lines (for the admin panel)"
+    )
+    cal.set_defaults(func=cmd_calibrate)
+
     d = sub.add_parser("demo", help="two doorways on this machine in a call, with live statistics")
     add_demo_arguments(d)
     d.set_defaults(func=cmd_demo)
@@ -309,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     ba = bsub.add_parser("audio", help="audio benchmark: mouth-to-ear, concealment, echo cancellation, drift")
     add_bench_audio_arguments(ba)
     ba.set_defaults(func=cmd_bench_audio)
+    from app.bench.framing import add_bench_framing_arguments
+
+    bf = bsub.add_parser("framing", help="framing (crop, zoom, mirror, rotation): ms per picture")
+    add_bench_framing_arguments(bf)
+    bf.set_defaults(func=cmd_bench_framing)
     return p
 
 

@@ -16,7 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = Path("/etc/doorway/doorway.toml")
@@ -62,6 +70,67 @@ class CaptureSettings(_Section):
     """synthetic: seed of the scene's static texture. Default 0."""
     reopen_interval_s: float = Field(2.0, ge=0.1, le=60.0)
     """How often a lost camera is retried when no hot-plug event arrives, in seconds. Default 2.0."""
+
+
+class CameraSettings(_Section):
+    """The camera's framing and controls (see app/video/framing.py and app/video/controls.py).
+
+    Framing: either the geometry (all five of ``screen_height_m``, ``screen_center_height_m``,
+    ``camera_vfov_deg``, ``camera_height_m``, ``viewing_distance_m``), from which the zoom and vertical
+    offset that show the room life-size at eye level are computed, or ``zoom`` and the offsets directly.
+    Controls: unset (the default) leaves the camera's own value alone. The latest `doorway calibrate
+    camera` result is what the engine applies at every start.
+    """
+
+    mirror: bool = False
+    """Mirror the picture left-right before sending. Default false."""
+    rotation: Literal[0, 90, 180, 270] = 0
+    """Degrees the camera's picture is turned clockwise to be upright (90/270: camera on its side, 180:
+    upside down). Default 0."""
+    zoom: float = Field(1.0, ge=1.0, le=8.0)
+    """Digital zoom, 1 to 8 (1 = the whole picture); ignored when the geometry is given. Default 1."""
+    offset_x: float = Field(0.0, ge=-1.0, le=1.0)
+    """Where the zoomed crop sits left to right: -1 left edge, 0 centred, 1 right edge. Default 0."""
+    offset_y: float = Field(0.0, ge=-1.0, le=1.0)
+    """Where the zoomed crop sits top to bottom: -1 top, 0 centred, 1 bottom; ignored when the geometry is
+    given. Default 0."""
+    screen_height_m: float | None = Field(None, ge=0.1, le=5.0)
+    """Geometry: visible picture height of the twin's screen, metres. Default none."""
+    screen_center_height_m: float | None = Field(None, ge=0.0, le=5.0)
+    """Geometry: height of the twin's screen's centre above its floor, metres. Default none."""
+    camera_vfov_deg: float | None = Field(None, ge=10.0, le=170.0)
+    """Geometry: the camera's vertical field of view at the captured size, upright, degrees. Default none."""
+    camera_height_m: float | None = Field(None, ge=0.0, le=5.0)
+    """Geometry: height of the camera's lens above this room's floor (camera mounted level), metres.
+    Default none."""
+    viewing_distance_m: float | None = Field(None, ge=0.3, le=20.0)
+    """Geometry: distance from the camera to where people stand, metres. Default none."""
+    exposure_auto: bool | None = None
+    """Auto exposure on (true) or manual (false); none leaves it. Default none."""
+    exposure_absolute: int | None = Field(None, ge=1, le=100000)
+    """Manual exposure time in units of 100 µs (with ``exposure_auto = false``). Default none."""
+    gain: int | None = Field(None, ge=0, le=100000)
+    """Sensor gain in the camera's steps. Default none."""
+    white_balance_auto: bool | None = None
+    """Automatic white balance on or off. Default none."""
+    white_balance_temperature: int | None = Field(None, ge=1000, le=15000)
+    """White balance in kelvin (with ``white_balance_auto = false``). Default none."""
+    focus_auto: bool | None = None
+    """Continuous autofocus on or off. Default none."""
+    focus_absolute: int | None = Field(None, ge=0, le=100000)
+    """Manual focus position in the camera's steps (with ``focus_auto = false``). Default none."""
+    power_line_frequency: Literal["disabled", "50hz", "60hz", "auto"] | None = None
+    """Anti-flicker for the mains frequency of the room's lights. Default none."""
+
+    @model_validator(mode="after")
+    def _geometry_all_or_none(self) -> CameraSettings:
+        names = ("screen_height_m", "screen_center_height_m", "camera_vfov_deg", "camera_height_m",
+                 "viewing_distance_m")  # fmt: skip
+        given = [n for n in names if getattr(self, n) is not None]
+        if given and len(given) != len(names):
+            missing = ", ".join(n for n in names if n not in given)
+            raise ValueError(f"the framing geometry needs all five of its keys; missing: {missing}")
+        return self
 
 
 class VideoSettings(_Section):
@@ -177,6 +246,13 @@ class AudioSettings(_Section):
     """WebRTC automatic gain control (AGC2). Default false: calibration sets the levels."""
     acoustic_delay_ms: float = Field(0.0, ge=0.0, le=500.0)
     """Speaker-to-microphone delay the echo canceller starts from, ms (set by calibration). Default 0."""
+    playback_gain_db: float = Field(0.0, ge=-40.0, le=20.0)
+    """Digital gain on everything sent to the speaker, dB (set by calibration: the far talker's echo at the
+    microphone towards 10 dB under what was played, see app/calibration/audio.py). Samples beyond full scale
+    are clipped. Default 0."""
+    capture_gain_db: float = Field(0.0, ge=-40.0, le=40.0)
+    """Digital gain on the microphone before echo cancellation, dB (set by calibration: a quiet microphone's
+    noise floor raised towards −60 dBFS). Default 0."""
     jitter_min_ms: float = Field(0.0, ge=0.0, le=200.0)
     """Least jitter allowance the adaptive playout target may choose (on top of the jitter-free minimum of
     half a frame and half a period), ms. Default 0."""
@@ -256,6 +332,48 @@ class HwcontrolSettings(_Section):
     """Scene the lights take when the bridge first meets the MCU, until someone sets them. Default 3."""
 
 
+class LightingSettings(_Section):
+    """The room lights' targets, and "match the far side" (app/engine/lightmatch.py).
+
+    Calibration measures how the room's light sensor answers the lights and stores the brightness and colour
+    temperature to apply; the bridge applies them at every start. With ``match_far_side`` the engine instead
+    drives the lights so this room's light level follows the twin's."""
+
+    brightness_percent: float = Field(60.0, ge=0.0, le=100.0)
+    """Brightness of the room lights, percent of full, on every channel; used when ``target_lux`` is none.
+    Default 60."""
+    target_lux: float | None = Field(None, gt=0.0, le=100_000.0)
+    """Light level to reach at the room's light sensor, lux: calibration picks the brightness that gives it
+    from the measured response (over the daylight it measured); none = use ``brightness_percent``. Default
+    none."""
+    cct_k: int = Field(3500, ge=1000, le=20000)
+    """Colour temperature of the room lights, kelvin. Default 3500."""
+    lights_cct_min_k: int = Field(2700, ge=1000, le=20000)
+    """Warmest colour temperature the installed lights can make, kelvin (their data sheet). Default 2700."""
+    lights_cct_max_k: int = Field(6500, ge=1000, le=20000)
+    """Coolest colour temperature the installed lights can make, kelvin (their data sheet). Default 6500."""
+    match_far_side: bool = False
+    """Follow the twin's light level: the engine sets this room's lights so the local sensor reads what the
+    far room's reads (within what the lights can do). Default false."""
+    match_rate_percent_per_s: float = Field(2.0, ge=0.1, le=100.0)
+    """Most that matching may change the brightness, percent of full per second (slow changes go unnoticed).
+    Default 2.0."""
+    match_smoothing_s: float = Field(5.0, ge=0.0, le=600.0)
+    """Time constant of the smoothing of the far side's light level, seconds: passing clouds and people
+    walking by the far sensor are not followed. 0 = none. Default 5.0."""
+    match_tolerance_lux: float = Field(10.0, ge=0.0, le=10_000.0)
+    """Matching leaves the lights alone while the two rooms differ by less than this, lux (sensor noise is
+    not chased). Default 10.0."""
+
+    @field_validator("lights_cct_max_k")
+    @classmethod
+    def _cct_range(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("lights_cct_min_k")
+        if low is not None and v < low:
+            raise ValueError(f"must be at least lights_cct_min_k ({low} K)")
+        return v
+
+
 class AdminSettings(_Section):
     """The LAN admin panel (``doorway admin``): where it listens, how long logins last, what it accepts."""
 
@@ -323,12 +441,14 @@ class Settings(BaseSettings):
 
     engine: EngineSettings = EngineSettings()
     capture: CaptureSettings = CaptureSettings()
+    camera: CameraSettings = CameraSettings()
     video: VideoSettings = VideoSettings()
     network: NetworkSettings = NetworkSettings()
     display: DisplaySettings = DisplaySettings()
     audio: AudioSettings = AudioSettings()
     pairing: PairingSettings = PairingSettings()
     hwcontrol: HwcontrolSettings = HwcontrolSettings()
+    lighting: LightingSettings = LightingSettings()
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
 

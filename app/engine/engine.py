@@ -13,15 +13,21 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from app.audio.device import open_device, period_samples
+from app.audio.device import AudioDeviceError, open_device, period_samples
 from app.audio.room import RoomConfig
+from app.calibration import applied
+from app.calibration.audio import apply_to as apply_audio_calibration
+from app.calibration.report import STEPS
+from app.calibration.runner import CalibrationBusyError, CalibrationRunner
 from app.control import CommandError, ControlServer
 from app.engine.audio import AudioEngine, AudioTap
 from app.engine.hwlink import HwLink
+from app.engine.lightmatch import LightMatch
 from app.engine.link import LinkError, UdpLink
 from app.engine.receiver import DecodeStage, DisplayStage, NetworkStage
 from app.engine.sender import CaptureStage, EncodeStage, SendStage
@@ -30,7 +36,7 @@ from app.engine.transport import Transport
 from app.hotplug import create_monitor
 from app.identity import Identity, fingerprint_of
 from app.net.fragment import AssembledFrame
-from app.net.protocol import AudioPacket
+from app.net.protocol import AudioPacket, RoomReport
 from app.net.session import Session
 from app.settings import Settings
 from app.state import StateError, StateStore, Twin
@@ -41,6 +47,7 @@ from app.video.display import create_display
 from app.video.display.base import DisplaySink
 from app.video.encoder import open_encoder
 from app.video.frames import CapturedFrame, DecodedFrame, EncodedFrame
+from app.video.framing import FramedCapture, framed_capture
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,8 @@ class Engine:
     """Builds and runs one doorway from its settings.
 
     ``sink_hook`` (optional) is called on the display thread with every picture the null sink shows; the
-    benchmark uses it to read the stamps.
+    benchmark uses it to read the stamps. ``config_path``: the settings file the engine was started with,
+    which calibration steps run through the control socket read too (None: the default file).
     """
 
     def __init__(
@@ -63,8 +71,12 @@ class Engine:
         *,
         sink_hook: Callable[[DecodedFrame], None] | None = None,
         audio_tap: AudioTap | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        # Calibration steps run as `doorway calibrate` children of this process (it has the devices the
+        # admin panel's sandbox lacks), with the settings file this engine was started with.
+        self.calibration = CalibrationRunner(config_path)
         self._failed = threading.Event()
         self._stopped = threading.Event()
         self.failure: str | None = None
@@ -102,6 +114,8 @@ class Engine:
         self.encode: EncodeStage | None = None
         self.send: SendStage | None = None
         self.capture: CaptureStage | None = None
+        self.framed: FramedCapture | None = None
+        """The camera with its framing (app/video/framing.py): ``snapshot`` and ``set_framing`` use it."""
         self.sink: DisplaySink | None = None
 
         decode_in: Inbox[AssembledFrame] | None = None
@@ -121,6 +135,7 @@ class Engine:
             on_keyframe_request=self._peer_wants_keyframe,
             on_error=self._stage_failed,
             on_audio=self._on_audio,
+            on_room=self._on_room,
         )
         if self.receiving and self.display is not None and decode_in is not None:
             decoder = VideoDecoder("h264", threads=video.decoder_threads)
@@ -159,13 +174,28 @@ class Engine:
         self.control: ControlServer | None = None
         self.privacy = False
         self.privacy_reason: str | None = None
-        self.hwlink = HwLink(settings.hwcontrol.control_socket, self.set_privacy)
+        # The room light: ours to the twin, and in match mode the twin's followed (app/engine/lightmatch.py).
+        lighting_calibration = None
+        if settings.lighting.match_far_side:
+            from app.calibration import applied
+
+            lighting_calibration = applied(settings.engine.state_dir, "lighting")
+        self.lightmatch = LightMatch(
+            settings.lighting,
+            settings.hwcontrol.control_socket,
+            self.transport.send,
+            self.transport.next_seq,
+            calibration=lighting_calibration,
+            paused=self._lighting_calibration_running,
+        )
+        self.hwlink = HwLink(settings.hwcontrol.control_socket, self.set_privacy, self.lightmatch.on_sensors)
         self._proc = psutil.Process(os.getpid())
         self.check_pairing()
         self._proc.cpu_percent()
 
     def _make_audio(self, tap: AudioTap | None) -> AudioEngine:
-        a = self.settings.audio
+        # The latest audio calibration (delay, gains) in place of the settings' defaults; logged when applied.
+        a = apply_audio_calibration(self.settings.audio, applied(self.settings.engine.state_dir, "audio"))
         room = RoomConfig(
             echo_delay_ms=a.room_echo_delay_ms,
             rt60_ms=a.room_rt60_ms,
@@ -212,9 +242,18 @@ class Engine:
         if self.audio is not None:
             self.audio.on_packet(pkt, now)
 
+    def _on_room(self, pkt: RoomReport) -> None:
+        self.lightmatch.on_room_report(pkt)
+
+    def _lighting_calibration_running(self) -> bool:
+        """Whether ``doorway calibrate lighting`` runs under this engine now (matching pauses meanwhile)."""
+        status = self.calibration.status()
+        return bool(status.get("state") == "running" and status.get("step") == "lighting")
+
     def _make_capture(self) -> ResilientCapture:
         cap, video = self.settings.capture, self.settings.video
-        source = create_capture(cap, video)
+        # Framing (the stored calibration's) inside the slate wrapper: the slate is never mirrored.
+        source = self.framed = framed_capture(self.settings, create_capture(cap, video))
         label = {"v4l2": cap.device, "file": str(cap.file)}.get(cap.backend, cap.backend)
         monitor = create_monitor("udev") if cap.backend == "v4l2" else None
         return ResilientCapture(
@@ -258,6 +297,7 @@ class Engine:
             self.control = ControlServer(self.settings.engine.control_socket, self._commands())
             self.control.start()
             self.hwlink.start()
+            self.lightmatch.start()
         log.info(
             "engine %r started: role %s, udp %s:%d -> %s, %dx%d@%d, %s",
             self.settings.engine.name,
@@ -336,6 +376,8 @@ class Engine:
         if self.control is not None:
             self.control.close()
             self.hwlink.stop()
+            self.lightmatch.stop()
+        self.calibration.close()
         if self.audio is not None:
             self.audio.stop()
         for stage in reversed(self.stages):
@@ -376,7 +418,26 @@ class Engine:
             "set_bitrate": self._cmd_set_bitrate,
             "privacy": self._cmd_privacy,
             "keyframe": self._cmd_keyframe,
+            "snapshot": self._cmd_snapshot,
+            "set_framing": self._cmd_set_framing,
+            "calibrate": self._cmd_calibrate,
+            "calibration": lambda args: self.calibration.status(),
+            "calibration_cancel": lambda args: {"cancelled": self.calibration.cancel()},
+            "audio_hold": self._cmd_audio_hold,
         }
+
+    def _cmd_audio_hold(self, args: dict[str, Any]) -> dict[str, Any]:
+        on, seconds = args.get("on"), args.get("seconds", 60)
+        if not isinstance(on, bool):
+            raise CommandError('"on" must be true or false')
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 1 <= seconds <= 600:
+            raise CommandError('"seconds" must be a number from 1 to 600')
+        if self.audio is None:
+            return {"held": False, "audio": False}
+        try:
+            return {"held": self.audio.hold(on, float(seconds)), "audio": True}
+        except AudioDeviceError as exc:
+            raise CommandError(f"the sound card could not be taken back: {exc}") from None
 
     def _cmd_set_bitrate(self, args: dict[str, Any]) -> dict[str, Any]:
         kbps = args.get("kbps")
@@ -390,12 +451,37 @@ class Engine:
         self.send.set_rate(self.transport.target_bps)
         return {"kbps": kbps}
 
+    def _cmd_calibrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        step = args.get("step")
+        if step not in STEPS:
+            raise CommandError(f'"step" must be one of {", ".join(STEPS)}')
+        try:
+            return self.calibration.start(step)
+        except CalibrationBusyError as exc:
+            raise CommandError(str(exc)) from None
+
     def _cmd_privacy(self, args: dict[str, Any]) -> dict[str, Any]:
         on = args.get("on")
         if not isinstance(on, bool):
             raise CommandError('"on" must be true or false')
         self.set_privacy(on, "control socket")
         return {"privacy": self.privacy}
+
+    def _cmd_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.framed is None:
+            raise CommandError("this engine does not send video")
+        try:
+            return self.framed.snapshot_command(args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _cmd_set_framing(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.framed is None:
+            raise CommandError("this engine does not send video")
+        try:
+            return self.framed.set_framing_command(args)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
     def _cmd_keyframe(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.encode is None:
@@ -431,6 +517,7 @@ class Engine:
             "privacy": self.privacy,
             "privacy_reason": self.privacy_reason,
             "hwcontrol": self.hwlink.stats(),
+            "lighting": self.lightmatch.stats(),
             "encrypted": self.transport.encrypted,
             "identity": None
             if self.identity is None
