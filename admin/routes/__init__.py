@@ -16,6 +16,7 @@ module                    pages / API
 :mod:`.overview`          ``/`` · ``/api/live``, ``/api/live/stream`` (server-sent events), ``/api/history``
 :mod:`.pairing`           ``/pairing`` · ``/api/pairing`` (show, cancel, join, unpair, status)
 :mod:`.lighting`          ``/lighting`` · ``/api/lighting`` (light, scene)
+:mod:`.calibration`       ``/calibration`` · ``/api/calibration`` (results, run, cancel)
 :mod:`.settings`          ``/settings`` · ``/api/settings`` (GET, PUT)
 :mod:`.logs`              ``/logs`` · ``/api/logs``
 :mod:`.diagnostics`       ``/diagnostics`` · ``/api/diagnostics`` (the zip)
@@ -29,7 +30,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from admin.routes import auth, diagnostics, lighting, logs, metrics, overview, pairing, settings, system
+from admin.routes import (
+    auth,
+    calibration,
+    diagnostics,
+    lighting,
+    logs,
+    metrics,
+    overview,
+    pairing,
+    settings,
+    system,
+)
 
 PUBLIC: tuple[APIRouter, ...] = (auth.public_pages, auth.public_api, system.public, metrics.public)
 """Routers that need no session. Keep this list short; the tests name every route allowed here."""
@@ -44,6 +56,8 @@ PROTECTED: tuple[APIRouter, ...] = (
     pairing.api,
     lighting.pages,
     lighting.api,
+    calibration.pages,
+    calibration.api,
     settings.pages,
     settings.api,
     logs.pages,

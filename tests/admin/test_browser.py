@@ -4,8 +4,9 @@ Two doorways run on this machine as on two appliances, each an engine, a room co
 on a pseudo-terminal and the hwcontrol bridge) and an admin panel as processes of their own, with one
 settings file between them and fresh state (no owner, no twin). Through the panels alone, the browser claims
 each doorway with its setup code, pairs the two (a code shown on one, typed on the other), watches the call
-come up on both overviews, sets the lights and reads the room's sensors, changes a setting (and is refused a
-bad one), logs out and in again, unpairs, and saves a screenshot of every page at desktop width and on a
+come up on both overviews, sets the lights and reads the room's sensors, runs the camera and lighting
+calibrations on the engine and sees their results and the snapshot, changes a setting (and is refused a bad
+one), logs out and in again, unpairs, and saves a screenshot of every page at desktop width and on a
 phone into ``out/screenshots/`` (kept as test artifacts).
 
 The TestClient tests prove the routes; only a browser proves the pages as people get them: that the scripts
@@ -379,7 +380,24 @@ def test_claim_pair_and_configure_two_doorways_in_a_real_browser(
         expect(lights.locator('input[name="brightness"]')).to_have_value("420")
         expect(lights.locator('input[name="cct_k"]')).to_have_value("4000")
 
-        # 7. The other pages, each as it loads.
+        # 7. Calibration, run from the panel on hall's engine: the camera (a snapshot with the framing drawn
+        # over it) and the lighting (hall's room controller answering the lights). calibration.js follows
+        # each run and reloads the page when it ends, which then shows the stored result.
+        a.goto("/calibration")
+        expect(page.get_by_role("heading", name="Calibration", level=1)).to_be_visible()
+        for step in ("camera", "lighting"):
+            card = page.locator(f"#step-{step}")
+            expect(card).to_contain_text("Never run.")
+            card.get_by_role("button", name=f"Run the {step} calibration").click()
+            expect(card.locator(".verdict")).to_have_text("PASS")
+            expect(page.get_by_role("status").first).to_contain_text(f"the {step} calibration passed")
+        snapshot = page.locator("#step-camera img")
+        expect(snapshot).to_be_visible()
+        assert snapshot.evaluate("img => img.naturalWidth") > 0, "the snapshot did not load"
+        expect(page.locator("#step-lighting")).to_contain_text("light added at full brightness")
+        a.shoot("calibration")
+
+        # 8. The other pages, each as it loads.
         for path, heading, name in (
             ("/logs", "Logs", "logs"),
             ("/diagnostics", "Diagnostics", "diagnostics"),
@@ -395,7 +413,7 @@ def test_claim_pair_and_configure_two_doorways_in_a_real_browser(
                 assert download.value.suggested_filename.endswith(".zip"), download.value.suggested_filename
                 assert zipfile.is_zipfile(download.value.path())
 
-        # 8. Log out, and in again.
+        # 9. Log out, and in again.
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(f"{hall.url}/login")
         expect(page.get_by_role("heading", name="Log in")).to_be_visible()
@@ -406,7 +424,7 @@ def test_claim_pair_and_configure_two_doorways_in_a_real_browser(
         expect(page).to_have_url(f"{hall.url}/")
         expect(page.locator("[data-live-text]")).to_have_text("Live: updated every second.")
 
-        # 9. Unpair on kitchen (the page asks first; the browser says yes).
+        # 10. Unpair on kitchen (the page asks first; the browser says yes).
         asked: list[str] = []
 
         def answer(dialog: Dialog) -> None:

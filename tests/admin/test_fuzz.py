@@ -152,6 +152,10 @@ def backends(settings: Settings, serve_socket: Any) -> None:
             "status": lambda args: {"state": "idle"},
             "stats": lambda args: {"uptime_s": 1.0},
             "set_bitrate": lambda args: {"kbps": args.get("kbps")},
+            # Started and finished at once: nothing runs, so every case of a run may start one.
+            "calibrate": lambda args: {"state": "running", "step": args.get("step"), "progress": 0.0},
+            "calibration": lambda args: {"state": "idle", "step": None, "progress": 0.0, "message": ""},
+            "calibration_cancel": lambda args: {"cancelled": False},
         },
     )
     serve_socket(
