@@ -62,7 +62,9 @@ class CalibrationRunner:
     """Runs one calibration step at a time as a child process (see the module docstring). Thread-safe.
 
     ``command(step)`` builds the child's argument list (default :func:`default_command` with
-    ``config_path``); ``clock`` is Unix seconds (the times in :meth:`status`).
+    ``config_path``); ``clock`` is Unix seconds (the times in :meth:`status`). ``on_finished(step, report)``
+    runs on the reader thread after a step that finished with a report (passed or failed), so that its
+    owner can apply the new result at once; an exception there is logged.
     """
 
     def __init__(
@@ -72,7 +74,9 @@ class CalibrationRunner:
         command: Callable[[str], Sequence[str]] | None = None,
         timeout_s: float = TIMEOUT_S,
         clock: Callable[[], float] = time.time,
+        on_finished: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        self._on_finished = on_finished
         self._command = command if command is not None else (lambda step: default_command(step, config_path))
         self._timeout_s = timeout_s
         self._clock = clock
@@ -184,7 +188,13 @@ class CalibrationRunner:
             else:
                 why = last_error or f"it exited with status {code} and printed no report"
                 self._finish("error", f"the calibration failed: {why}", code, report)
-        log.info("calibration: %s ended: %s", self._status["step"], self._status["message"])
+        status = self.status()
+        log.info("calibration: %s ended: %s", status["step"], status["message"])
+        if self._on_finished is not None and status["state"] in ("passed", "failed") and status["report"]:
+            try:
+                self._on_finished(status["step"], status["report"])
+            except Exception:
+                log.exception("calibration: applying the new %s result failed", status["step"])
 
     def _finish(self, state: str, message: str, code: int | None, report: dict[str, Any] | None) -> None:
         """Record the outcome (caller holds the lock)."""

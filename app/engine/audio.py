@@ -219,6 +219,7 @@ class AudioEngine:
         self._playout_wake = _Wake()
         self.held = False
         """The sound card is let go (:meth:`hold`)."""
+        self._pending_stream_delay: int | None = None
         self._hold_lock = threading.Lock()
         self._hold_timer: threading.Timer | None = None
         # -- send side --
@@ -234,12 +235,7 @@ class AudioEngine:
                 echo_cancellation=settings.echo_cancellation,
                 noise_suppression=settings.noise_suppression,
                 gain_control=settings.gain_control,
-                stream_delay_ms=round(
-                    settings.acoustic_delay_ms
-                    + self.period_ms
-                    + device.output_latency_ms
-                    + device.input_latency_ms
-                ),
+                stream_delay_ms=self._stream_delay_ms(settings),
             )
         self._codec_id = AudioCodecId.OPUS if settings.codec == "opus" else AudioCodecId.PCM16
         self._history: deque[bytes] = deque(maxlen=3)
@@ -327,6 +323,27 @@ class AudioEngine:
                 codec.close()
         self._capture_wake.close()
         self._playout_wake.close()
+
+    def apply_calibration(self, settings: AudioSettings) -> None:
+        """Use a new calibration's acoustic delay and gains from now on (any thread): a float32 factor is
+        swapped in whole, so the device thread sees the old gain or the new one, never a mix."""
+        self._playback_gain = _gain(settings.playback_gain_db)
+        self._capture_gain = _gain(settings.capture_gain_db)
+        if self.processing is not None:
+            self._pending_stream_delay = self._stream_delay_ms(settings)  # the processing thread sets it
+        log.info(
+            "audio: calibration applied live: acoustic delay %.1f ms, playback %+.1f dB, capture %+.1f dB",
+            settings.acoustic_delay_ms,
+            settings.playback_gain_db,
+            settings.capture_gain_db,
+        )
+
+    def _stream_delay_ms(self, settings: AudioSettings) -> int:
+        """AEC3's starting delay: the acoustic delay plus what the sound card adds on both sides, ms."""
+        device = self.device
+        return round(
+            settings.acoustic_delay_ms + self.period_ms + device.output_latency_ms + device.input_latency_ms
+        )
 
     def hold(self, on: bool, seconds: float = 60.0) -> bool:
         """Let go of the sound card (``on``) for at most ``seconds``, or take it back (control thread).
@@ -442,6 +459,9 @@ class AudioEngine:
                 mic, speaker = ring.blocks[0, slot], ring.blocks[1, slot]
                 first_sample, capture_ns = int(ring.stamps[slot, 0]), int(ring.stamps[slot, 1])
                 t0 = time.perf_counter_ns()
+                delay, self._pending_stream_delay = self._pending_stream_delay, None
+                if delay is not None:
+                    processing.stream_delay_ms = delay  # here, between two frames: APM is not thread-safe
                 out = processing.process(mic, speaker)
                 if self.tap is not None:
                     self.tap.on_processed(first_sample, capture_ns, mic, speaker, out)

@@ -22,7 +22,7 @@ from app.audio.device import AudioDeviceError, open_device, period_samples
 from app.audio.room import RoomConfig
 from app.calibration import applied
 from app.calibration.audio import apply_to as apply_audio_calibration
-from app.calibration.report import STEPS
+from app.calibration.report import STEPS, Report
 from app.calibration.runner import CalibrationBusyError, CalibrationRunner
 from app.control import CommandError, ControlServer
 from app.engine.audio import AudioEngine, AudioTap
@@ -76,7 +76,7 @@ class Engine:
         self.settings = settings
         # Calibration steps run as `doorway calibrate` children of this process (it has the devices the
         # admin panel's sandbox lacks), with the settings file this engine was started with.
-        self.calibration = CalibrationRunner(config_path)
+        self.calibration = CalibrationRunner(config_path, on_finished=self._calibrated)
         self._failed = threading.Event()
         self._stopped = threading.Event()
         self.failure: str | None = None
@@ -450,6 +450,21 @@ class Engine:
         self.encode.set_bitrate(min(kbps, self.transport.target_bps // 1000))
         self.send.set_rate(self.transport.target_bps)
         return {"kbps": kbps}
+
+    def _calibrated(self, step: str, report: dict[str, Any]) -> None:
+        """A calibration run under this engine ended with a report (the runner's thread): apply what it
+        measured now, as the next start would. (The camera step sets the framing itself, live.)"""
+        try:
+            values = Report.from_json(report).apply
+        except ValueError as exc:
+            log.warning("calibration: the %s report is unreadable (%s); applied at the next start", step, exc)
+            return
+        if not values:
+            return
+        if step == "audio" and self.audio is not None:
+            self.audio.apply_calibration(apply_audio_calibration(self.settings.audio, values))
+        elif step == "lighting":
+            self.lightmatch.set_calibration(values)
 
     def _cmd_calibrate(self, args: dict[str, Any]) -> dict[str, Any]:
         step = args.get("step")

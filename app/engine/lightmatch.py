@@ -264,6 +264,16 @@ class LightMatch:
                 DEFAULT_LUX_PER_PERCENT,
             )
 
+    def set_calibration(self, calibration: Mapping[str, Any]) -> None:
+        """Use a new lighting calibration's response (``lux_per_percent``) from now on (any thread)."""
+        k = calibration.get("lux_per_percent")
+        if isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k) or k <= 0:
+            return
+        with self._lock:
+            self.controller.k = float(k)
+            self.calibrated = True
+        log.info("lighting: calibrated response now %.2f lux per %%", k)
+
     # -- inputs (other threads) --------------------------------------------------------------------------
 
     def on_sensors(self, event: Mapping[str, Any]) -> None:

@@ -303,6 +303,24 @@ def test_the_gains_are_applied_in_the_callback(transport: Transport) -> None:
         engine.stop()
 
 
+def test_a_new_calibration_is_applied_to_a_running_engine(transport: Transport) -> None:
+    # What the engine does when a calibration it ran ends: new gains at once, AEC3's delay between frames.
+    device = SyntheticDevice(RoomConfig(), realtime=False, latency_ms=5.0)
+    engine = AudioEngine(
+        AudioSettings(), device, transport, sending=True, receiving=False, on_error=lambda n, e: None
+    )
+    try:
+        assert engine.processing is not None and engine.processing.stream_delay_ms == 10  # 0 + 5 + 5
+        engine.apply_calibration(AudioSettings(acoustic_delay_ms=70.0, playback_gain_db=-6.0))
+        assert engine._pending_stream_delay == 80  # Taken up by the processing thread at its next frame.
+        engine._fifo.write(np.full((240, 2), 0.5, np.float32))
+        speaker = np.zeros((240, 2), np.float32)
+        engine.callback(np.zeros((240, 2), np.float32), speaker, 0, 0, 0)
+        assert speaker == pytest.approx(0.5 * 10 ** (-6 / 20), rel=1e-6)
+    finally:
+        engine.stop()
+
+
 def test_the_engine_lets_go_of_its_sound_card_and_takes_it_back(transport: Transport) -> None:
     device = SyntheticDevice(RoomConfig(), realtime=False)
     engine = AudioEngine(

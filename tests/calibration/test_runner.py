@@ -62,6 +62,23 @@ def test_a_passing_step() -> None:
     runner.close()
 
 
+def test_its_owner_hears_of_a_finished_step() -> None:
+    heard: list[tuple[str, dict[str, Any]]] = []
+    runner = CalibrationRunner(
+        command=child(steps_script(report_json(True), 0)), on_finished=lambda s, r: heard.append((s, r))
+    )
+    runner.start("lighting")
+    wait_done(runner)
+    runner.close()
+    assert len(heard) == 1 and heard[0][0] == "lighting" and heard[0][1]["passed"] is True
+    # A step that printed no report, or was cancelled, is not heard of.
+    runner = CalibrationRunner(command=child("print('hello')"), on_finished=lambda s, r: heard.append((s, r)))
+    runner.start("audio")
+    wait_done(runner)
+    runner.close()
+    assert len(heard) == 1
+
+
 def test_a_failing_step_says_what_failed() -> None:
     runner = CalibrationRunner(command=child(steps_script(report_json(False), 1)))
     runner.start("camera")
