@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from app.audio.room import RoomConfig
+    from app.settings import AudioSettings
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +290,19 @@ def open_device(
         return PortAudioDevice(input_name, output_name, period=period, latency_ms=latency_ms)
     else:
         raise ValueError(f"No audio device kind {kind!r} (known: synthetic, portaudio)")
+
+
+def open_configured(audio: AudioSettings, room: RoomConfig, *, realtime: bool = True) -> AudioDevice:
+    """The sound card the ``[audio]`` settings name, not yet started: their backend, period, devices,
+    drift and latency, with ``room`` for the synthetic one (the engine and audio calibration both open it
+    so). Raises ValueError for a bad period."""
+    return open_device(
+        audio.backend,
+        period=period_samples(audio.period_ms),
+        input_name=audio.input_device,
+        output_name=audio.output_device,
+        room=room,
+        drift_ppm=audio.drift_ppm,
+        realtime=realtime,
+        latency_ms=audio.device_latency_ms,
+    )

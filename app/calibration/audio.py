@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from app.audio.device import CHANNELS, FRAME, SAMPLE_RATE, AudioDevice, AudioDeviceError, open_device
+from app.audio.device import CHANNELS, FRAME, SAMPLE_RATE, AudioDevice, AudioDeviceError
 from app.audio.measure import (
     Float64Array,
     Signal,
@@ -407,7 +407,7 @@ def record(
 def open_for(settings: Settings, *, realtime: bool = False) -> AudioDevice:
     """The sound card ``settings.audio`` names, as the engine opens it; the synthetic one in a quiet room
     (nobody talking), on its virtual clock unless ``realtime``. Raises AudioDeviceError."""
-    from app.audio.device import period_samples
+    from app.audio.device import open_configured
     from app.audio.room import RoomConfig
 
     a = settings.audio
@@ -419,16 +419,7 @@ def open_for(settings: Settings, *, realtime: bool = False) -> AudioDevice:
         talker="silence",
         seed=settings.capture.seed,
     )
-    return open_device(
-        a.backend,
-        period=period_samples(a.period_ms),
-        input_name=a.input_device,
-        output_name=a.output_device,
-        room=room,
-        drift_ppm=a.drift_ppm,
-        realtime=realtime,
-        latency_ms=a.device_latency_ms,
-    )
+    return open_configured(a, room, realtime=realtime)
 
 
 def _stereo(x: Float64Array | FloatArray, gain: float) -> FloatArray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from app.audio.device import AudioDeviceError, open_device, period_samples
+from app.audio.device import AudioDeviceError, open_configured
 from app.audio.room import RoomConfig
 from app.calibration import applied
 from app.calibration.audio import apply_to as apply_audio_calibration
@@ -208,15 +208,7 @@ class Engine:
             markers_every_s=a.markers_every_s,
             seed=self.settings.capture.seed,
         )
-        device = open_device(
-            a.backend,
-            period=period_samples(a.period_ms),
-            input_name=a.input_device,
-            output_name=a.output_device,
-            room=room,
-            drift_ppm=a.drift_ppm,
-            latency_ms=a.device_latency_ms,
-        )
+        device = open_configured(a, room)
         display = self.display
 
         def video_age() -> float | None:
