@@ -50,9 +50,6 @@ def add_bench_framing_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=300, help="pictures per transform (default 300)")
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
-    parser.add_argument(
-        "--interpolation", default="fast_bilinear", help="swscale scaler for zoom (default fast_bilinear)"
-    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
@@ -61,9 +58,9 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[index]
 
 
-def measure(framing: Framing, scene: Scene, frames: int, interpolation: str) -> dict[str, Any]:
+def measure(framing: Framing, scene: Scene, frames: int) -> dict[str, Any]:
     """Time :meth:`Framer.apply` on ``frames`` fresh pictures; the summary in ms."""
-    framer = Framer(framing, scene.width, scene.height, interpolation=interpolation)
+    framer = Framer(framing, scene.width, scene.height)
     times: list[float] = []
     for i in range(frames + 5):
         frame = av.VideoFrame(scene.width, scene.height, "yuv420p")
@@ -142,7 +139,7 @@ def measure_camera(framing: Framing, pictures: list[av.VideoFrame], frames: int)
 
 def main(args: argparse.Namespace) -> int:
     scene = Scene(args.width, args.height, 0)
-    results = {name: measure(f, scene, args.frames, args.interpolation) for name, f in TRANSFORMS.items()}
+    results = {name: measure(f, scene, args.frames) for name, f in TRANSFORMS.items()}
     pictures = mjpeg_pictures(scene, 30)
     camera = {name: measure_camera(f, pictures, args.frames) for name, f in CAMERA_TRANSFORMS.items()}
     base = camera["none"]
@@ -153,7 +150,6 @@ def main(args: argparse.Namespace) -> int:
     out = {
         "size": f"{args.width}x{args.height}",
         "frames": args.frames,
-        "interpolation": args.interpolation,
         "budget_ms": BUDGET_MS,
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "transforms": results,

@@ -23,20 +23,24 @@ in the plane, which in the offset convention above is ``offset_y = 2 (h − c) /
 (the camera sees too little at that distance) and ``|offset_y| > 1`` (the crop would leave the picture)
 cannot be met; the nearest framing is used and :class:`GeometryResult` says by how much it misses.
 
+A zoomed picture is sent at the crop's own pixels, not scaled back up to the configured size: the far
+side's display scales every picture to its screen anyway (on the GPU, letterboxed), so scaling up here
+would only add pixels with nothing new in them, for the encoder to spend time and bits on. The encoder
+reopens at the new size when the framing changes (a keyframe), and the decoder and display follow.
+
 Applying it (:class:`Framer`), on the capture thread, to every yuv420p picture at the configured size:
 
 - nothing to do: the picture passes through untouched (0 ms);
 - mirror and/or 180° at zoom 1: numpy, into a recycled frame — a row reversed as a view of uint64 words
   copied into a big-endian view of the destination, which reverses the bytes within each word in the same
   pass (mirror ≈ 0.14 ms, 180° ≈ 0.09 ms for all three planes of a 1080p picture on the 2-core dev machine);
-- zoom from an MJPEG camera (the usual 1080p60 USB camera): folded into the conversion its pictures go
-  through anyway (:meth:`app.video.capture.v4l2.V4L2Capture.set_crop`: crop, scale-up and 4:2:2 → 4:2:0 in
-  one swscale pass), which costs less than the conversion alone — nothing on top; this class then only
-  mirrors or turns the result with numpy;
-- zoom of a picture that is already yuv420p (the synthetic scene, a file, a raw YUYV camera), or 90°/270°:
-  an FFmpeg filter graph (crop, which only moves plane pointers, then swscale, transpose, hflip) — about
-  0.5–0.6 ms at 1080p with fast bilinear scaling, at the limit of the budget (``doorway bench framing``).
-  A camera with its own zoom (``zoom_absolute``) can do this for free: see :mod:`app.calibration.camera`.
+- zoom and pan (with any mirror or 180°): the same numpy copy of the crop into a new frame of its size
+  (≈ 0.1 ms at zoom 1.25 from 1080p);
+- from an MJPEG camera (the usual 1080p60 USB camera) the crop is folded into the 4:2:2 → 4:2:0 conversion
+  its pictures go through anyway (:meth:`app.video.capture.v4l2.V4L2Capture.set_crop`), which then reads
+  fewer pixels: cheaper than the conversion alone; this class only mirrors or turns the result;
+- 90°/270° (a camera on its side): an FFmpeg filter graph (crop, which only moves plane pointers, then
+  transpose and hflip) at the crop's own pixels, turned.
 
 Frames: capture sources hand over freshly allocated pictures, and the numpy path keeps the picture it was
 given to write the next output into, so no 1080p array is allocated per frame. The filter graph's output
@@ -79,7 +83,6 @@ U8 = npt.NDArray[np.uint8]
 ROTATIONS: Final = (0, 90, 180, 270)
 MAX_ZOOM: Final = 8.0
 _MS: Final = Fraction(1, 1000)
-INTERPOLATIONS: Final = ("fast_bilinear", "bilinear", "bicubic", "neighbor", "area")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,32 +299,33 @@ def _stamp_time(frame: av.VideoFrame, pts: int | None, time_base: Fraction | Non
 
 
 class Framer:
-    """Applies a :class:`Framing` to yuv420p pictures of ``width`` × ``height`` (output the same size).
+    """Applies a :class:`Framing` to yuv420p pictures of ``width`` × ``height``; the pictures it returns are
+    :attr:`out_width` × :attr:`out_height` (the crop's own pixels, turned; nothing is scaled).
 
     :meth:`apply` runs on the capture thread and takes ownership of the frame it is given (see the module
-    docstring). ``interpolation`` is swscale's scaler for zoom: "fast_bilinear" (default), "bilinear",
-    "bicubic", "neighbor" or "area".
+    docstring).
     """
 
-    def __init__(
-        self, framing: Framing, width: int, height: int, *, interpolation: str = "fast_bilinear"
-    ) -> None:
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"no interpolation {interpolation!r} (known: {', '.join(INTERPOLATIONS)})")
+    def __init__(self, framing: Framing, width: int, height: int) -> None:
         self.framing = framing
         self.width = width
         self.height = height
-        self.interpolation = interpolation
         self.crop = framing.crop(width, height, width, height)
         self._spare: av.VideoFrame | None = None
         self._graph: Any = None
         full = self.crop == Crop(0, 0, width & ~1, height & ~1)
+        self.out_width, self.out_height = width, height
+        """The size of the pictures :meth:`apply` returns: the crop's own for the "crop" path."""
         if framing.identity:
             self.path = "none"
         elif full and framing.rotation in (0, 180):
             self.path = "numpy"
+        elif framing.rotation in (0, 180):
+            self.path = "crop"
+            self.out_width, self.out_height = self.crop.width, self.crop.height
         else:
             self.path = "filter"
+            self.out_width, self.out_height = self.crop.height, self.crop.width  # turned by a quarter
             self._graph = self._build_graph()
 
     def _build_graph(self) -> Any:
@@ -329,11 +333,8 @@ class Framer:
         graph = av.filter.Graph()
         yuv420p = av.VideoFormat("yuv420p")
         chain = [graph.add_buffer(width=self.width, height=self.height, format=yuv420p, time_base=_MS)]
-        uw, uh = (self.width, self.height) if f.rotation in (0, 180) else (self.height, self.width)
         if (c.x, c.y, c.width, c.height) != (0, 0, self.width, self.height):
             chain.append(graph.add("crop", f"w={c.width}:h={c.height}:x={c.x}:y={c.y}:exact=1"))
-        if (c.width, c.height) != (uw, uh):
-            chain.append(graph.add("scale", f"w={uw}:h={uh}:flags={self.interpolation}"))
         if f.rotation == 90:
             chain.append(graph.add("transpose", "dir=clock"))
         elif f.rotation == 270:
@@ -360,11 +361,20 @@ class Framer:
             out: av.VideoFrame = self._graph.pull()
             _stamp_time(out, pts, time_base)
             return out
+        rows = self.framing.rotation == 180
+        cols = self.framing.mirror != rows  # 180° reverses columns too; mirror reverses them back
+        if self.path == "crop":
+            # The crop at its own pixels, into a new frame (downstream may still hold the last one; 0.08 ms).
+            c = self.crop
+            cropped = av.VideoFrame(c.width, c.height, "yuv420p")
+            for i, (s, d) in enumerate(zip(plane_views(frame), plane_views(cropped), strict=True)):
+                k = 1 if i == 0 else 2
+                _flip(s[c.y // k : (c.y + c.height) // k, c.x // k : (c.x + c.width) // k], d, rows, cols)
+            _stamp_time(cropped, frame.pts, frame.time_base)
+            return cropped
         dst = self._spare
         if dst is None or dst.width != frame.width or dst.height != frame.height:
             dst = av.VideoFrame(frame.width, frame.height, "yuv420p")
-        rows = self.framing.rotation == 180
-        cols = self.framing.mirror != rows  # 180° reverses columns too; mirror reverses them back
         for s, d in zip(plane_views(frame), plane_views(dst), strict=True):
             _flip(s, d, rows, cols)
         _stamp_time(dst, frame.pts, frame.time_base)
@@ -440,7 +450,7 @@ class FramedCapture:
     def _use(self, framing: Framing) -> None:
         """Apply ``framing`` from now on (capture thread, or before it runs): its crop folded into the
         source's conversion where the source can, the rest in a :class:`Framer`."""
-        width, height, interpolation = self.framer.width, self.framer.height, self.framer.interpolation
+        width, height = self.framer.width, self.framer.height
         crop = framing.crop(width, height, width, height)
         whole = crop == Crop(0, 0, width & ~1, height & ~1)
         set_crop = getattr(self.source, "set_crop", None)
@@ -453,7 +463,7 @@ class FramedCapture:
         rest = Framing(mirror=framing.mirror, rotation=framing.rotation) if folded else framing
         if rest != self.framer.framing:
             self.framer.close()
-            self.framer = Framer(rest, width, height, interpolation=interpolation)
+            self.framer = Framer(rest, width, height)
         self._framing, self.folded = framing, folded
 
     @property

@@ -162,7 +162,14 @@ def test_calibrating_a_running_engine_uses_its_control_socket(tmp_path: Path) ->
         assert engine.framed is not None
         wait_for(lambda: engine.framed is not None and engine.framed.framer.framing.zoom == 1.25,
                  what="the new framing in use")  # fmt: skip
-        assert engine.framed.framer.framing.mirror and engine.framed.framer.path == "filter"
+        assert engine.framed.framer.framing.mirror and engine.framed.framer.path == "crop"
+        # The crop goes out at its own size: the encoder reopened there and the call goes on.
+        encoded = request(sock, "stats")["encode"]["frames"]
+        wait_for(lambda: request(sock, "stats")["encode"]["frames"] > encoded + 5, what="frames at 256x192")
+        assert engine.encode is not None and (engine.encode.encoder.width, engine.encode.encoder.height) == (
+            256,
+            192,
+        )
         snap = request(sock, "snapshot", width=160)
         assert snap["ok"] and snap["crop"] == {"x": 32, "y": 24, "width": 256, "height": 192}
         assert snap["picture"].startswith("camera, before framing")

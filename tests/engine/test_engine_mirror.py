@@ -173,3 +173,29 @@ def test_sdl_display_stage_shows_frames_headless(tmp_path: Path) -> None:
         stop.set()
         t.join(30)
     assert status == [0]
+
+
+def test_a_zoom_goes_out_at_the_crops_size_and_is_decoded_there(tmp_path: Path) -> None:
+    """Framing changed mid-call: the encoder reopens at the crop's size (a keyframe), and the receiving
+    decoder and sink follow without a decode error."""
+    sizes: list[tuple[int, int]] = []
+    engine = Engine(
+        small_settings(tmp_path), sink_hook=lambda df: sizes.append((df.frame.width, df.frame.height))
+    )
+    stop, t, status = run_engine(engine)
+    sock = engine.settings.engine.control_socket
+    try:
+        wait_for(lambda: len(sizes) >= 10, what="pictures at the full size")
+        width, height = sizes[-1]
+        resp = request(sock, "set_framing", zoom=2.0, mirror=True)
+        assert resp["ok"] and resp["framing"]["zoom"] == 2.0
+        wait_for(lambda: sizes.count((width // 2, height // 2)) >= 10, what="pictures at the crop's size")
+        stats = request(sock, "stats")
+        assert stats["decode"]["decode_errors"] == 0 and stats["network"]["malformed"] == 0
+        assert request(sock, "set_framing", zoom=1.0, mirror=False)["ok"]
+        n = len(sizes)
+        wait_for(lambda: sizes[n:].count((width, height)) >= 10, what="the full size again")
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0]

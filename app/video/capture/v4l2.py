@@ -8,13 +8,12 @@ is opened for low latency: no input buffering, no stream probing, a low-delay de
 threads.
 
 Framing folded into the conversion (:meth:`V4L2Capture.set_crop`): an MJPEG picture is decoded to planar
-YUV 4:2:2 and must be converted to yuv420p anyway, so a zoom's crop and scale-up are done in that same
-swscale pass (an FFmpeg filter graph: ``crop``, which only moves plane pointers, then ``scale`` to the
-configured size in yuv420p). That pass reads fewer pixels than the whole picture's conversion and costs
-less (``doorway bench framing``: 0.9 against 1.5 ms at 1080p), so framing an MJPEG camera costs nothing on
-top; :mod:`app.video.framing` then only mirrors or turns the result. Raw YUYV is not folded: swscale's
-packed-to-planar scaler is slower than the plain conversion plus a separate zoom. :attr:`last_decoded`
-keeps the picture before the crop for snapshots.
+YUV 4:2:2 and must be converted to yuv420p anyway, so a zoom's crop is done in that same swscale pass (an
+FFmpeg filter graph: ``crop``, which only moves plane pointers, then the conversion at the crop's size).
+That pass reads fewer pixels than the whole picture's conversion and costs less (``doorway bench
+framing``), so framing an MJPEG camera costs nothing on top; :mod:`app.video.framing` then only mirrors or
+turns the result. Raw YUYV is not folded (its plain conversion is already quick; the framing crops the
+converted picture). :attr:`last_decoded` keeps the picture before the crop for snapshots.
 
 Timestamps: V4L2 buffers carry CLOCK_MONOTONIC times (``V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC``; uvcvideo takes
 them when the frame's first data arrives). FFmpeg's ``timestamps`` option "default" passes them through
@@ -230,7 +229,8 @@ class V4L2Capture:
 
     def set_crop(self, crop: tuple[int, int, int, int] | None) -> bool:
         """Fold a crop into the conversion of every picture from the next on: ``(x, y, width, height)`` in
-        the camera's pixels (even numbers), scaled up to the configured size; None for the whole picture.
+        the configured size's pixels (even numbers), delivered at that width and height (not scaled up: see
+        :mod:`app.video.framing`); None for the whole picture.
         Returns whether this camera's pictures can be (MJPEG); when not, nothing changes and the caller
         frames the converted pictures itself. Call from the capture thread (or before it runs)."""
         if crop is not None and self.input_format != "mjpeg":
@@ -245,11 +245,12 @@ class V4L2Capture:
     def _crop_convert(self, frame: Any, crop: tuple[int, int, int, int]) -> Any:
         """``frame`` cropped, scaled to the configured size and converted to yuv420p in one swscale pass."""
         x, y, w, h = crop
+        out_w, out_h = w, h
         if (frame.width, frame.height) != (self.width, self.height):
             # The camera sent another size than asked: the same part of its picture, in its pixels.
             sx, sy = frame.width / self.width, frame.height / self.height
             x, y, w, h = (round(x * sx) & ~1, round(y * sy) & ~1, round(w * sx) & ~1, round(h * sy) & ~1)
-        key = (frame.format.name, frame.width, frame.height, x, y, w, h)
+        key = (frame.format.name, frame.width, frame.height, x, y, w, h, out_w, out_h)
         if self._graph is None or self._graph_key != key:
             graph = av.filter.Graph()
             chain = [
@@ -257,7 +258,7 @@ class V4L2Capture:
                     width=frame.width, height=frame.height, format=frame.format, time_base=self._time_base
                 ),
                 graph.add("crop", f"w={w}:h={h}:x={x}:y={y}:exact=1"),
-                graph.add("scale", f"w={self.width}:h={self.height}:flags=fast_bilinear"),
+                graph.add("scale", f"w={out_w}:h={out_h}:flags=fast_bilinear"),
                 graph.add("format", "yuv420p"),
                 graph.add("buffersink"),
             ]
