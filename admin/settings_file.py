@@ -60,8 +60,9 @@ NEW_FILE_HEADER: Final = (
     "# provisioning/doorway.toml.example for all of them and their defaults.\n"
 )
 
-LIVE_KEYS: Final = frozenset({"video.bitrate_kbps"})
-"""Keys the running engine takes without a restart (through its control socket's ``set_bitrate``)."""
+LIVE_KEYS: Final = frozenset({"video.bitrate_kbps", "lighting.match_far_side"})
+"""Keys the running engine takes without a restart (through its control socket's ``set_bitrate`` and
+``lighting_match``)."""
 
 SERVICES_OF_SECTION: Final[Mapping[str, tuple[str, ...]]] = {
     "engine": ("engine",),
@@ -70,6 +71,9 @@ SERVICES_OF_SECTION: Final[Mapping[str, tuple[str, ...]]] = {
     "network": ("engine",),
     "display": ("engine",),
     "audio": ("engine",),
+    "camera": ("engine",),
+    # The bridge starts the lights as calibrated (or at the startup scene); the engine matches the far side.
+    "lighting": ("engine", "hwcontrol"),
     # ``doorway pair`` reads it each time it runs, and the admin panel whenever it shows a code.
     "pairing": (),
     "hwcontrol": ("hwcontrol",),

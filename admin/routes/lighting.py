@@ -9,6 +9,11 @@ the bridge keeps them and sends them when it comes back.
 
 Pages post forms (``/lighting/light``, ``/lighting/scene``) and get the page back; ``lighting.js`` sends
 the slider's value to ``POST /api/lighting/light`` as it is released, without reloading.
+
+"Match the far side" (``/lighting/match``, ``POST /api/lighting/match``): saved in the settings file
+(``lighting.match_far_side``, so it holds after a restart) and switched on the running engine at once
+(its ``lighting_match``); the card shows the engine's view — this room's and the far room's light levels
+and what the matching does (app/engine/lightmatch.py).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from admin.backends import ComponentStatus, ask
 from admin.collector import STALE_SENSORS_S
 from admin.deps import Ctx, CurrentUser
 from admin.security import Session
+from admin.settings_file import SettingsWriteError
 from admin.web import AdminContext, render
+from app.settings import SettingsError
 
 pages = APIRouter(tags=["lighting pages"], include_in_schema=False)
 api = APIRouter(prefix="/api/lighting", tags=["lighting"])
@@ -66,6 +73,35 @@ class LightingOut(BaseModel):
         default_factory=dict, description="set-points by channel, as the bridge says"
     )
     sensors: SensorsOut | None = None
+
+
+class MatchOut(BaseModel):
+    """Matching the far side's light, as the engine sees it (null when the engine does not answer)."""
+
+    enabled: bool = Field(description="saved in the settings file (lighting.match_far_side)")
+    engine_up: bool = Field(description="the engine answers")
+    running: bool | None = Field(None, description="the engine matches now")
+    state: str | None = Field(None, description="what the matching does, for people")
+    calibrated: bool | None = Field(None, description="a lighting calibration gave the room's response")
+    local_lux: float | None = None
+    far_lux: float | None = Field(None, description="the far room's level (smoothed), lux")
+    far_age_s: float | None = None
+
+
+class MatchIn(BaseModel):
+    """``POST /api/lighting/match``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool
+
+
+class MatchSaved(BaseModel):
+    """Matching was switched: saved, and whether the running engine took it."""
+
+    enabled: bool
+    live: bool = Field(description="the running engine switched at once")
+    message: str
 
 
 class LightIn(BaseModel):
@@ -145,6 +181,45 @@ def read_lighting(ctx: AdminContext) -> LightingOut:
     return out
 
 
+def read_match(ctx: AdminContext) -> MatchOut:
+    """Matching as saved and as the engine runs it (blocks up to a few seconds)."""
+    enabled = ctx.current.get().lighting.match_far_side
+    status = ask(ctx.settings.engine.control_socket, "engine", "status")
+    lighting = status.status.get("lighting") if status.status is not None else None
+    if not isinstance(lighting, dict):
+        return MatchOut(enabled=enabled, engine_up=status.up)
+    state = lighting.get("state")
+    return MatchOut(
+        enabled=enabled,
+        engine_up=True,
+        running=bool(lighting.get("match_far_side")),
+        state=state if isinstance(state, str) else None,
+        calibrated=bool(lighting.get("calibrated")),
+        local_lux=_num(lighting.get("local_lux")),
+        # Smoothed while matching; otherwise the twin's last report as it came.
+        far_lux=_num(lighting.get("far_lux_smoothed")) or _num(lighting.get("far_lux")),
+        far_age_s=_num(lighting.get("far_age_s")),
+    )
+
+
+def set_match(ctx: AdminContext, on: bool) -> MatchSaved:
+    """Save ``lighting.match_far_side`` and switch the running engine. Blocks (file, socket). Raises
+    SettingsError or SettingsWriteError when the file cannot take it."""
+    result = ctx.settings_file.update({("lighting", "match_far_side"): on}, ctx.current.get())
+    ctx.current.set(result.settings)
+    answer = ask(ctx.settings.engine.control_socket, "engine", "lighting_match", on=on)
+    what = "on" if on else "off"
+    if result.changed:
+        ctx.event("info", f"matching the far side's light turned {what}")
+    if answer.status is not None:
+        return MatchSaved(enabled=on, live=True, message=f"Matching the far side's light is {what}.")
+    return MatchSaved(
+        enabled=on,
+        live=False,
+        message=f"Saved: matching {what} from the engine's next start ({answer.error}).",
+    )
+
+
 def _command(ctx: AdminContext, cmd: str, **args: Any) -> ComponentStatus:
     return ask(ctx.settings.hwcontrol.control_socket, BRIDGE, cmd, **args)
 
@@ -186,6 +261,7 @@ def _page(
         error=error,
         notice=notice,
         lighting=read_lighting(ctx),
+        match=read_match(ctx),
         scenes=list(SCENES),
         cct_min=CCT_MIN_K,
         cct_max=CCT_MAX_K,
@@ -229,6 +305,17 @@ def scene_form(request: Request, ctx: Ctx, session: CurrentUser, scene: Annotate
     return _page(request, ctx, session, status_code=code, error=error, notice=notice)
 
 
+@pages.post("/lighting/match")
+def match_form(request: Request, ctx: Ctx, session: CurrentUser, on: Annotated[bool, Form()]) -> Response:
+    try:
+        saved = set_match(ctx, on)
+    except SettingsError as exc:
+        return _page(request, ctx, session, status_code=409, error=f"Not saved: {exc}")
+    except SettingsWriteError as exc:
+        return _page(request, ctx, session, status_code=500, error=f"Not saved: {exc}")
+    return _page(request, ctx, session, notice=saved.message)
+
+
 # -- API ----------------------------------------------------------------------------------------------------
 
 
@@ -250,3 +337,28 @@ def set_light(body: LightIn, ctx: Ctx, session: CurrentUser) -> CommandOut:
 def set_scene(body: SceneIn, ctx: Ctx, session: CurrentUser) -> CommandOut:
     """Switch to a scene (off, safe, day, evening)."""
     return _raise_for(_command(ctx, "set_scene", scene=SCENES[body.scene], fade_ms=body.fade_ms))
+
+
+@api.get("/match", response_model=MatchOut)
+def match(ctx: Ctx, session: CurrentUser) -> MatchOut:
+    """Matching the far side's light: saved or not, and what the engine does now."""
+    return read_match(ctx)
+
+
+@api.post(
+    "/match",
+    response_model=MatchSaved,
+    responses={
+        409: {"description": "the settings file does not validate as it is (edited by hand?)"},
+        500: {"description": "the settings file cannot be written"},
+    },
+)
+def set_match_api(body: MatchIn, ctx: Ctx, session: CurrentUser) -> MatchSaved:
+    """Turn matching the far side's light on or off: saved in the settings file and switched on the running
+    engine at once (``live`` false when the engine is not running: it follows at its next start)."""
+    try:
+        return set_match(ctx, body.on)
+    except SettingsError as exc:
+        raise HTTPException(409, f"not saved: {exc}") from None
+    except SettingsWriteError as exc:
+        raise HTTPException(500, f"not saved: {exc}") from None

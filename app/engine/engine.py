@@ -175,11 +175,8 @@ class Engine:
         self.privacy = False
         self.privacy_reason: str | None = None
         # The room light: ours to the twin, and in match mode the twin's followed (app/engine/lightmatch.py).
-        lighting_calibration = None
-        if settings.lighting.match_far_side:
-            from app.calibration import applied
-
-            lighting_calibration = applied(settings.engine.state_dir, "lighting")
+        # The calibrated response even with matching off: the panel may turn it on mid-call.
+        lighting_calibration = applied(settings.engine.state_dir, "lighting")
         self.lightmatch = LightMatch(
             settings.lighting,
             settings.hwcontrol.control_socket,
@@ -416,7 +413,15 @@ class Engine:
             "calibration": lambda args: self.calibration.status(),
             "calibration_cancel": lambda args: {"cancelled": self.calibration.cancel()},
             "audio_hold": self._cmd_audio_hold,
+            "lighting_match": self._cmd_lighting_match,
         }
+
+    def _cmd_lighting_match(self, args: dict[str, Any]) -> dict[str, Any]:
+        on = args.get("on")
+        if not isinstance(on, bool):
+            raise CommandError('"on" must be true or false')
+        self.lightmatch.set_enabled(on)
+        return {"lighting": self.lightmatch.stats()}
 
     def _cmd_audio_hold(self, args: dict[str, Any]) -> dict[str, Any]:
         on, seconds = args.get("on"), args.get("seconds", 60)

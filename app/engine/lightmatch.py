@@ -257,10 +257,28 @@ class LightMatch:
         self._next_report = 0.0
         self.counters = {"reports_sent": 0, "reports_received": 0, "bridge_errors": 0}
         self._pending: list[tuple[float | None, float, bool, float]] = []
+        self.enabled = settings.match_far_side
+        """Match mode on (``lighting.match_far_side`` at start; :meth:`set_enabled` changes it live)."""
         if settings.match_far_side and not self.calibrated:
             log.warning(
                 "lighting: match_far_side without a lighting calibration: assuming %.1f lux per %% until "
                 "`doorway calibrate lighting` has measured it",
+                DEFAULT_LUX_PER_PERCENT,
+            )
+
+    def set_enabled(self, on: bool) -> None:
+        """Turn match mode on or off from now on (any thread). Turned on, the controller reads the lights'
+        level again before its first step; turned off, the lights stay where they are."""
+        with self._lock:
+            if on == self.enabled:
+                return
+            self.enabled = on
+            if on:
+                self.controller.brightness = None
+        log.info("lighting: matching the far side %s", "on" if on else "off")
+        if on and not self.calibrated:
+            log.warning(
+                "lighting: matching without a lighting calibration: assuming %.1f lux per %%",
                 DEFAULT_LUX_PER_PERCENT,
             )
 
@@ -333,7 +351,7 @@ class LightMatch:
             c.state = "paused: the lights are being calibrated"
             return
         self._report(local, local_at, now)
-        if not self.settings.match_far_side:
+        if not self.enabled:
             return
         for lux, age_s, matching, at in pending:
             c.on_far(lux, age_s + (now - at), now, matching=matching)
@@ -379,7 +397,7 @@ class LightMatch:
             lux_centi=min(round(local * 100), NO_LUX - 1),
             age_ms=min(65535, round((now - local_at) * 1000)),
             brightness_permille=None if brightness is None else round(brightness * 10),
-            flags=RoomFlags.MATCHING if self.settings.match_far_side else 0,
+            flags=RoomFlags.MATCHING if self.enabled else 0,
         )
         self._send(pkt)
         self.counters["reports_sent"] += 1
@@ -392,8 +410,8 @@ class LightMatch:
             local, local_at, far_raw = self.local_lux, self.local_at, self.far_raw_lux
             counters = dict(self.counters)
         return {
-            "match_far_side": self.settings.match_far_side,
-            "state": c.state if self.settings.match_far_side else "off",
+            "match_far_side": self.enabled,
+            "state": c.state if self.enabled else "off",
             "calibrated": self.calibrated,
             "lux_per_percent": c.k,
             "local_lux": None if local is None else round(local, 1),

@@ -393,7 +393,8 @@ def check_settings_file(fuzz: Fuzz) -> None:
     """The file still loads with the services' loader, and every key the API may not edit is as it was."""
     after = load_settings(fuzz.config_path).model_dump(mode="json")
     before = fuzz.settings.model_dump(mode="json")
-    editable = {(e.section, e.key) for e in EDITABLE}
+    # The settings page's keys, and the lighting page's "match the far side".
+    editable = {(e.section, e.key) for e in EDITABLE} | {("lighting", "match_far_side")}
     for section, values in before.items():
         for key, value in values.items():
             if (section, key) not in editable:

@@ -4,12 +4,13 @@ and a bridge that refuses are said plainly."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.control import CommandError, Handler
-from app.settings import Settings
+from app.settings import Settings, load_settings
 from tests.admin.conftest import Browser
 
 
@@ -71,7 +72,7 @@ def test_the_page_shows_lights_and_readings(owner: Browser, bridge: FakeBridge) 
     assert "312 lx" in html and "21.2 °C" in html and "45 %" in html
     assert "0.4 s ago" in html and "(old:" not in html
     assert 'value="evening" class="current"' in html  # Scene 3.
-    assert "not running" not in html
+    assert "Lights cannot be set now" not in html
 
 
 def test_old_readings_are_marked(owner: Browser, bridge: FakeBridge) -> None:
@@ -160,3 +161,64 @@ def test_a_refusal_is_502(owner: Browser, bridge: FakeBridge) -> None:
     r = owner.post("/api/lighting/scene", json={"scene": "safe"})
     assert r.status_code == 502
     assert r.json() == {"error": "the microcontroller bridge refused: command queue full (256 waiting)"}
+
+
+class FakeEngineLighting:
+    """The engine's ``status`` (its ``lighting`` part) and ``lighting_match``."""
+
+    def __init__(self, settings: Settings, serve_socket: Any) -> None:
+        self.on = False
+        self.calls: list[bool] = []
+
+        def status(args: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "lighting": {
+                    "match_far_side": self.on,
+                    "state": "matching: 12 lx to go" if self.on else "off",
+                    "calibrated": True,
+                    "local_lux": 388.0,
+                    "far_lux_smoothed": 400.4,
+                    "far_age_s": 0.6,
+                }
+            }
+
+        def lighting_match(args: dict[str, Any]) -> dict[str, Any]:
+            self.on = bool(args["on"])
+            self.calls.append(self.on)
+            return {"lighting": status({})["lighting"]}
+
+        serve_socket(settings.engine.control_socket, {"status": status, "lighting_match": lighting_match})
+
+
+def test_matching_the_far_side_is_saved_and_switched_live(
+    owner: Browser, bridge: FakeBridge, settings: Settings, serve_socket: Any, config_path: Path
+) -> None:
+    engine = FakeEngineLighting(settings, serve_socket)
+    html = owner.client.get("/lighting").text
+    assert "<dt>Matching</dt><dd>off</dd>" in html and ">Match the far side</button>" in html
+    assert "388 lx" in html and "400 lx" in html
+    r = owner.post("/lighting/match", data={"on": "true", "csrf_token": owner.csrf})
+    assert r.status_code == 200 and "Matching the far side&#39;s light is on." in r.text
+    assert (
+        engine.calls == [True] and "matching: 12 lx to go" in r.text and ">Stop matching</button>" in r.text
+    )
+    assert load_settings(config_path).lighting.match_far_side is True  # Holds after a restart.
+    assert owner.client.get("/api/lighting/match").json()["enabled"] is True
+    r = owner.post("/api/lighting/match", json={"on": False})
+    assert r.json() == {"enabled": False, "live": True, "message": "Matching the far side's light is off."}
+    assert engine.calls == [True, False] and load_settings(config_path).lighting.match_far_side is False
+    assert owner.post("/api/lighting/match", json={"on": "yes please"}).status_code == 422
+
+
+def test_matching_with_the_engine_down_is_saved_for_its_start(
+    owner: Browser, bridge: FakeBridge, config_path: Path
+) -> None:
+    html = owner.client.get("/lighting").text
+    assert "not running: the setting is saved and applies when it starts" in html
+    r = owner.post("/api/lighting/match", json={"on": True})
+    body = r.json()
+    assert r.status_code == 200 and body["enabled"] is True and body["live"] is False
+    assert body["message"].startswith(
+        "Saved: matching on from the engine's next start (the engine is not running"
+    )
+    assert load_settings(config_path).lighting.match_far_side is True

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from admin.settings_file import (
+    SERVICES_OF_SECTION,
     SettingsFile,
     SettingsWriteError,
     edit_toml,
@@ -295,6 +296,11 @@ def test_services_to_restart() -> None:
     assert services_to_restart(["logging.level"]) == ("engine", "hwcontrol", "admin")
     assert services_to_restart(["pairing.code_ttl_s"]) == ()
     assert services_to_restart(["admin.https_port"]) == ("admin",)
+    assert services_to_restart(["camera.zoom"]) == ("engine",)
+    assert services_to_restart(["lighting.cct_k"]) == ("engine", "hwcontrol")
+    assert services_to_restart(["lighting.match_far_side"]) == ()  # The engine takes it live.
+    # Every section of the schema says who reads it (a new one must not fall back to "everything").
+    assert set(Settings.model_fields) <= set(SERVICES_OF_SECTION)
 
 
 def test_write_atomic_failure_leaves_the_file_and_no_temporary(tmp_path: Path) -> None:

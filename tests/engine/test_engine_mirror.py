@@ -43,6 +43,11 @@ def test_mirror_shows_every_frame_intact(tmp_path: Path) -> None:
         }
         bad = request(engine.settings.engine.control_socket, "set_bitrate", kbps="fast")
         assert bad["ok"] is False and "kbps" in bad["error"]
+        # Matching the far side's light, switched live (no bridge here: it matches nothing yet).
+        match = request(engine.settings.engine.control_socket, "lighting_match", on=True)
+        assert match["ok"] and match["lighting"]["match_far_side"] is True
+        bad = request(engine.settings.engine.control_socket, "lighting_match", on="yes")
+        assert bad == {"ok": False, "error": '"on" must be true or false'}
     finally:
         stop.set()
         t.join(30)

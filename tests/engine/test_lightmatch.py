@@ -316,6 +316,45 @@ def test_without_match_mode_the_room_is_reported_and_the_lights_left_alone(tmp_p
     assert match.stats()["state"] == "off" and match.stats()["far_lux"] == 600.0
 
 
+def test_matching_is_turned_on_and_off_live(tmp_path: Path) -> None:
+    bridge = FakeBridge(tmp_path / "hw.sock")
+    sent: list[Packet] = []
+    clock = Clock()
+    match = LightMatch(
+        LightingSettings(match_smoothing_s=0.0),
+        tmp_path / "hw.sock",
+        sent.append,
+        lambda: 1,
+        calibration={"lux_per_percent": 6.0},
+        clock=clock,
+    )
+    try:
+        match.on_room_report(RoomReport(seq=5, lux_centi=60000, age_ms=0))
+        match.on_sensors({"event": "sensors", "lux": 300.0, "age_s": 0.0})
+        match.tick()
+        assert bridge.lights == [] and match.stats()["state"] == "off"
+        match.set_enabled(True)
+        match.tick()  # Reads the lights' level from the bridge first.
+        clock.t += 1.0
+        match.on_room_report(RoomReport(seq=6, lux_centi=60000, age_ms=0))
+        match.on_sensors({"event": "sensors", "lux": 300.0, "age_s": 0.0})
+        match.tick()
+        assert len(bridge.lights) == 1 and match.stats()["match_far_side"] is True
+        assert isinstance(sent[-1], RoomReport) and sent[-1].flags == RoomFlags.MATCHING
+        match.set_enabled(False)
+        clock.t += 5.0
+        match.on_room_report(RoomReport(seq=7, lux_centi=90000, age_ms=0))
+        match.on_sensors({"event": "sensors", "lux": 300.0, "age_s": 0.0})
+        match.tick()
+        assert len(bridge.lights) == 1 and match.stats()["state"] == "off"  # The lights stay where they are.
+        # A new calibration's response is taken at once; nonsense is not.
+        match.set_calibration({"lux_per_percent": 4.5})
+        match.set_calibration({"lux_per_percent": -1})
+        assert match.stats()["lux_per_percent"] == 4.5
+    finally:
+        bridge.server.close()
+
+
 class RoomBridge:
     """hwcontrol's socket for a simulated room: ``subscribe`` streams its sensor every 0.2 s (``ambient +
     k × brightness``), ``status`` and ``set_light`` read and set the lights (instantly)."""
