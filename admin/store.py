@@ -6,10 +6,11 @@ setup-code``), and a bug in the web layer can never damage the doorway's identit
 
 Theory of operation
 -------------------
-Durability and secrecy follow :mod:`app.state` (read its docstring): WAL with ``synchronous=FULL``, every
-write one explicit ``BEGIN IMMEDIATE`` … ``COMMIT``, the directory made 0700 and the files 0600 before
-SQLite opens them, ``PRAGMA user_version`` as the schema version with :data:`_MIGRATIONS` applied in order,
-and a database from a newer Doorway refused. When the command runs as root (``sudo doorway admin
+Durability and secrecy are :mod:`app.sqlite_store`'s, as for the engine's state (read its docstring): WAL
+with ``synchronous=FULL``, every write one explicit ``BEGIN IMMEDIATE`` … ``COMMIT``, the directory made
+0700 and the files 0600 before SQLite opens them, ``PRAGMA user_version`` as the schema version with
+:data:`_MIGRATIONS` applied in order, and a database from a newer Doorway refused. When the command runs
+as root (``sudo doorway admin
 setup-code``) the files are given to the state directory's owner, so that the service (``User=doorway``)
 can still open them.
 
@@ -32,24 +33,20 @@ What is stored, and why in this form:
 
 Threads: one connection shared by the process's threads behind a lock; each public method holds it for one
 statement or one short transaction. Errors from SQLite or the file system become :class:`AdminStoreError`
-naming the file. Standard library only.
+naming the file. Standard library only (and :mod:`app.sqlite_store`, which is too).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
+
+from app.sqlite_store import SqliteStore
 
 DB_NAME: Final = "admin.db"
 """File name of the admin database inside the state directory."""
-BUSY_TIMEOUT_MS: Final = 5000
-"""How long a statement waits for another process's write lock before failing, in ms."""
 
 _MIGRATIONS: Final[list[list[str]]] = [
     # 0 -> 1: owner, sessions, failed logins, setup code.
@@ -137,61 +134,20 @@ class SetupCode:
     expires_at: float
 
 
-class AdminStore:
+class AdminStore(SqliteStore):
     """The admin database of one doorway. ``AdminStore(state_dir)``; close with :meth:`close`.
 
     Thread-safe (one connection behind a lock). Raises :class:`AdminStoreError`.
     """
 
+    ERROR = AdminStoreError
+    KIND = "admin"
+    MIGRATIONS = _MIGRATIONS
+
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / DB_NAME
-        self._lock = threading.Lock()
-        self._conn = self._open(Path(state_dir))
-        self._closed = False
+        super().__init__(state_dir, DB_NAME)
 
-    # -- opening ------------------------------------------------------------------------------------------
-
-    def _open(self, state_dir: Path) -> sqlite3.Connection:
-        try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-                os.chmod(state_dir, 0o700)  # mkdir's mode is masked by the umask.
-            # Create (or narrow) the file before SQLite does: -wal and -shm inherit its mode.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            for p in self._files():
-                if p.exists() and p.stat().st_mode & 0o777 != 0o600:
-                    os.chmod(p, 0o600)
-        except OSError as exc:
-            raise AdminStoreError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise AdminStoreError(f"{self.path}: cannot open: {exc}") from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AdminStoreError(f"{self.path}: cannot switch to WAL journaling (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise AdminStoreError(f"{self.path}: the admin database is damaged ({check})")
-            self._migrate(conn)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise AdminStoreError(f"{self.path}: not a Doorway admin database, or damaged ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        self._give_to_directory_owner(state_dir)
-        return conn
-
-    def _files(self) -> list[Path]:
-        return [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm")]
-
-    def _give_to_directory_owner(self, state_dir: Path) -> None:
+    def _opened(self, state_dir: Path) -> None:
         """Run as root, hand the database files to whoever owns the state directory (the service user).
 
         Otherwise ``sudo doorway admin setup-code`` on a fresh doorway would leave a root-owned database that
@@ -209,75 +165,9 @@ class AdminStore:
         except OSError as exc:
             raise AdminStoreError(f"{self.path}: cannot hand to the service user: {exc}") from None
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise AdminStoreError(
-                f"{self.path}: written by a newer Doorway (schema {version}; this one knows {SCHEMA_VERSION})"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-read inside the write lock: another process may have migrated meanwhile.
-                if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
-                    conn.execute("ROLLBACK")
-                    continue
-                for statement in _MIGRATIONS[target - 1]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        """Close the connection. Idempotent."""
-        with self._lock:
-            if not self._closed:
-                self._conn.close()
-                self._closed = True
-
-    def __enter__(self) -> AdminStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- helpers ------------------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on success, rolled back on any exception."""
-        with self._lock, self._errors("write"):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise AdminStoreError(f"{self.path}: cannot {what}: {exc}") from None
-
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock, self._errors("read"):
-            return list(self._conn.execute(sql, params).fetchall())
-
     def schema_version(self) -> int:
         """``PRAGMA user_version`` of the open database (diagnostics and tests)."""
         return int(self._read("PRAGMA user_version")[0][0])
-
-    def pragmas(self) -> dict[str, str]:
-        """The durability settings in force on this connection (journal_mode, synchronous); diagnostics."""
-        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
-        mode = self._read("PRAGMA journal_mode")[0][0]
-        sync = self._read("PRAGMA synchronous")[0][0]
-        return {"journal_mode": str(mode), "synchronous": names.get(int(sync), str(sync))}
 
     # -- owner and setup code -----------------------------------------------------------------------------
 

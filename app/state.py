@@ -7,51 +7,32 @@ a doorway is provisioned, paired, unpaired or calibrated; the engine reads it at
 
 Theory of operation
 -------------------
-Durability: the database runs in WAL mode with ``synchronous=FULL``, so a committed transaction has been
-fsynced before ``COMMIT`` returns, and a transaction interrupted by a power cut or SIGKILL is rolled back
-when the database is next opened. Every write is one explicit ``BEGIN IMMEDIATE`` … ``COMMIT`` (the
-:meth:`StateStore._write` context): replacing the twin deletes the old row, inserts the new one and bumps
-the change counter in one transaction, so after any crash the database holds either the old pairing or the
-new one, never a mix. (Python 3.11's ``sqlite3`` opens implicit transactions only around INSERT/UPDATE/
-DELETE, not around DDL or ``PRAGMA user_version``; the connection therefore runs in autocommit mode and
-the transactions are explicit, which also makes each schema migration atomic. ``IMMEDIATE`` takes the write
-lock at the start, so two writing processes queue on ``busy_timeout`` instead of failing on upgrade.)
+Durability, secrecy, schema versions, threads and errors are :mod:`app.sqlite_store`'s (read its
+docstring): WAL with ``synchronous=FULL``, every write one ``BEGIN IMMEDIATE`` … ``COMMIT``, the directory
+0700 and the files 0600, migrations in :data:`_MIGRATIONS`, everything SQLite or the file system reports
+raised as :class:`StateError` naming the file. Replacing the twin deletes the old row, inserts the new one
+and bumps the change counter in one transaction, so after any crash the database holds either the old
+pairing or the new one, never a mix.
 
-Secrecy: the directory is created with mode 0700 and the database file with mode 0600 before SQLite opens
-it; SQLite gives the ``-wal`` and ``-shm`` files the database file's mode. An existing database file (and
-its companions) is narrowed to 0600 on open; an existing directory is left as it is (it may be a
-systemd ``StateDirectory=`` or a test's temporary directory).
-
-Schema: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` lists the statements that take
-version N to N+1, applied in order on open. A database from a newer Doorway is refused rather than
-guessed at. Tables: ``identity`` (one row: the X25519 private key and its creation time), ``twin`` (at most
-one row: the paired doorway), ``generation`` (one row: a counter bumped by every write of those two), and
+Tables: ``identity`` (one row: the X25519 private key and its creation time), ``twin`` (at most one row:
+the paired doorway), ``generation`` (one row: a counter bumped by every write of those two), and
 ``calibration`` (the last :data:`CALIBRATIONS_KEPT` results of each calibration step, as JSON reports; see
 :mod:`app.calibration`). A calibration does not bump ``generation``: that counter means "the pairing may
 have changed"; :meth:`StateStore.calibration_version` is the calibration's own.
-
-Threads: one connection, shared by all threads of the process and guarded by a lock; each public method
-holds the lock for one short statement or transaction (microseconds to one fsync). Other processes may
-open the same database at the same time (WAL lets readers run beside the one writer).
-
-Errors: anything SQLite or the file system reports is raised as :class:`StateError` naming the file, so the
-command line can print one line instead of a traceback.
 
 This module imports only the standard library: the admin process and the durability tests load it cheaply.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from app.sqlite_store import SqliteStore
 
 DB_NAME: Final = "doorway.db"
 """File name of the state database inside the state directory."""
@@ -61,8 +42,6 @@ CALIBRATION_STEPS: Final = ("audio", "camera", "lighting")
 """The calibration steps whose results the database keeps."""
 CALIBRATIONS_KEPT: Final = 20
 """Results kept per calibration step: the latest is applied, the ones before it are history."""
-BUSY_TIMEOUT_MS: Final = 5000
-"""How long a statement waits for another process's write lock before failing, in ms."""
 
 _MIGRATIONS: Final[list[list[str]]] = [
     # 0 -> 1: identity, twin and the change counter.
@@ -137,117 +116,18 @@ class StoredCalibration:
     report: dict[str, Any]
 
 
-class StateStore:
+class StateStore(SqliteStore):
     """The state database of one doorway. Open with ``StateStore(state_dir)``; close with :meth:`close`.
 
     Thread-safe (one connection behind a lock); see the module docstring. Raises :class:`StateError`.
     """
 
+    ERROR = StateError
+    KIND = "state"
+    MIGRATIONS = _MIGRATIONS
+
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / DB_NAME
-        self._lock = threading.Lock()
-        self._conn = self._open(Path(state_dir))
-
-    # -- opening ------------------------------------------------------------------------------------------
-
-    def _open(self, state_dir: Path) -> sqlite3.Connection:
-        try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-                # mkdir's mode is masked by the umask; say it again so the directory is 0700 whatever it is.
-                os.chmod(state_dir, 0o700)
-            # Create the file (or narrow an existing one) before SQLite touches it: SQLite creates the -wal
-            # and -shm files with the database file's permissions, so they inherit 0600 from it.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(f"{self.path}{suffix}")
-                if p.exists() and p.stat().st_mode & 0o777 != 0o600:
-                    os.chmod(p, 0o600)
-        except OSError as exc:
-            raise StateError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot open: {exc}") from None
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StateError(f"{self.path}: cannot switch to WAL journaling (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StateError(f"{self.path}: the state database is damaged ({check})")
-            self._migrate(conn)
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            raise StateError(f"{self.path}: cannot open: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StateError(f"{self.path}: not a Doorway state database, or damaged ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"{self.path}: written by a newer Doorway (schema {version}; this one knows {SCHEMA_VERSION})"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-read inside the write lock: another process may have migrated meanwhile.
-                if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
-                    conn.execute("ROLLBACK")
-                    continue
-                for statement in _MIGRATIONS[target - 1]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-    def close(self) -> None:
-        """Close the connection. Idempotent."""
-        with self._lock:
-            self._conn.close()
-
-    def __enter__(self) -> StateStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- helpers ------------------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: committed on success, rolled back on any exception."""
-        with self._lock, self._errors("write"):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: cannot {what}: {exc}") from None
-
-    def _read(self, sql: str) -> list[Any]:
-        with self._lock, self._errors("read"):
-            return list(self._conn.execute(sql).fetchall())
+        super().__init__(state_dir, DB_NAME)
 
     def _bump(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE generation SET value = value + 1 WHERE id = 1")
@@ -366,12 +246,11 @@ class StateStore:
 
     def calibration_history(self, step: str, limit: int = CALIBRATIONS_KEPT) -> list[StoredCalibration]:
         """The stored results of ``step``, newest first (at most ``limit``)."""
-        with self._lock, self._errors("read"):
-            rows = self._conn.execute(
-                "SELECT id, step, measured_at, passed, report FROM calibration WHERE step = ?"
-                " ORDER BY id DESC LIMIT ?",
-                (step, int(limit)),
-            ).fetchall()
+        rows = self._read(
+            "SELECT id, step, measured_at, passed, report FROM calibration WHERE step = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (step, int(limit)),
+        )
         return [
             StoredCalibration(int(i), str(st), float(at), bool(ok), json.loads(report))
             for i, st, at, ok, report in rows
@@ -391,10 +270,3 @@ class StateStore:
         """
         rows = self._read("SELECT value FROM generation WHERE id = 1")
         return int(rows[0][0])
-
-    def pragmas(self) -> dict[str, str]:
-        """The durability settings in force on this connection (journal_mode, synchronous); diagnostics."""
-        names = {0: "off", 1: "normal", 2: "full", 3: "extra"}
-        mode = self._read("PRAGMA journal_mode")[0][0]
-        sync = self._read("PRAGMA synchronous")[0][0]
-        return {"journal_mode": str(mode), "synchronous": names.get(int(sync), str(sync))}
