@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from app.sqlite_store import prepare_private_file
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -202,17 +204,7 @@ class History:
             return self._open_memory()
 
     def _open_file(self) -> sqlite3.Connection:
-        parent = self.path.parent
-        if not parent.exists():
-            parent.mkdir(mode=0o700, parents=True)
-            os.chmod(parent, 0o700)
-        # Create (or narrow) the file before SQLite does: its -wal and -shm files take its mode.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(f"{self.path}{suffix}")
-            if p.exists() and p.stat().st_mode & 0o777 != 0o600:
-                os.chmod(p, 0o600)
+        prepare_private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._configure(conn, wal=True)

@@ -45,6 +45,25 @@ BUSY_TIMEOUT_MS: Final = 5000
 """How long a statement waits for another process's write lock before failing, in ms."""
 
 
+def prepare_private_file(path: Path) -> None:
+    """Make ``path``'s directory (0700, when it does not exist yet) and the database file (0600) before
+    SQLite opens it, and narrow an existing file and its ``-wal``/``-shm`` companions to 0600 (see the
+    module docstring). Raises OSError."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        # mkdir's mode is masked by the umask; say it again so the directory is 0700 whatever it is.
+        os.chmod(directory, 0o700)
+    # Create the file (or narrow an existing one) before SQLite touches it: SQLite creates the -wal and
+    # -shm files with the database file's permissions, so they inherit 0600 from it.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists() and p.stat().st_mode & 0o777 != 0o600:
+            os.chmod(p, 0o600)
+
+
 class SqliteStore:
     """A database file ``name`` in ``state_dir``, open on one connection (see the module docstring).
 
@@ -69,17 +88,7 @@ class SqliteStore:
     def _open(self, state_dir: Path) -> sqlite3.Connection:
         error = self.ERROR
         try:
-            if not state_dir.exists():
-                state_dir.mkdir(mode=0o700, parents=True)
-                # mkdir's mode is masked by the umask; say it again so the directory is 0700 whatever it is.
-                os.chmod(state_dir, 0o700)
-            # Create the file (or narrow an existing one) before SQLite touches it: SQLite creates the -wal
-            # and -shm files with the database file's permissions, so they inherit 0600 from it.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            for p in self._files():
-                if p.exists() and p.stat().st_mode & 0o777 != 0o600:
-                    os.chmod(p, 0o600)
+            prepare_private_file(self.path)
         except OSError as exc:
             raise error(f"{self.path}: cannot open: {exc.strerror or exc}") from None
         try:
