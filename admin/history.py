@@ -42,7 +42,7 @@ returns, per non-empty bucket, the mean time and the mean of each column over th
 (SQL ``AVG`` skips NULL), so a 24-hour chart of 8640 rows is ``max_points`` points computed inside SQLite.
 A 0/1 column such as ``presence`` becomes the fraction of the bucket's samples that had it.
 
-Only the standard library is imported.
+Only the standard library (and :mod:`app.sqlite_store`, which is too) is imported.
 """
 
 from __future__ import annotations
