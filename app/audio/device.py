@@ -1,22 +1,33 @@
-"""The sound-card interface: 48 kHz stereo, one duplex callback per period of 2.5, 5 or 10 ms.
+"""The sound-card interface: 48 kHz stereo, the microphone in 10 ms blocks, the speaker in periods of 2.5, 5
+or 10 ms, one duplex callback per speaker period.
 
 An :class:`AudioDevice` is the hardware boundary of the audio pipeline. The real backend
 (:mod:`app.audio.portaudio`, a sound card through PortAudio) and the synthetic one
 (:mod:`app.audio.synthetic`, a simulated room with a talker, an echo path and noise) look the same: after
 :meth:`AudioDevice.start` the device calls one :data:`AudioCallback` per period of :attr:`AudioDevice.period`
-samples on its own real-time thread, handing it the microphone block just captured and a speaker block to
-fill, each with its CLOCK_MONOTONIC time at the converters (ADC for the microphone, DAC for the speaker).
-Units: samples at 48 kHz, ms for latencies, CLOCK_MONOTONIC ns for times, float32 samples in [-1, 1].
+samples on its own real-time thread, handing it a speaker block to fill and, every 10 ms, the microphone
+block just completed, each with its CLOCK_MONOTONIC time at the converters (ADC for the microphone, DAC for
+the speaker). Units: samples at 48 kHz, ms for latencies, CLOCK_MONOTONIC ns for times, float32 samples in
+[-1, 1].
 
-**Why the period is shorter than the 10 ms frame.** Echo cancellation and Opus work on 10 ms frames
-(:data:`FRAME`), but the device period sets how long a decoded frame waits for the speaker's next
-callback: on average half a period, at worst a whole one, and the phase between the two doorways' sound
-cards is arbitrary and fixed for a call. A 5 ms period (the default) halves that wait against 10 ms at the
-cost of twice the callbacks; capture loses nothing, since a 10 ms frame is complete at the same moment
-either way.
+**Why the microphone comes in 10 ms blocks and the speaker in shorter periods.** Echo cancellation and Opus
+work on 10 ms frames (:data:`FRAME`): a frame can be processed only once its last sample is in, so a
+shorter capture period would gain nothing (the frame is complete at the same moment) and the microphone is
+delivered in whole frames (:data:`CAPTURE_BLOCK`), as the sound card's capture buffer. The speaker period
+is what sets how long a decoded frame waits for the card's next callback: on average half a period, at worst
+a whole one, and the phase between the two doorways' sound cards is arbitrary and fixed for a call. A 2.5 ms
+period (``audio.period_ms``'s default) quarters that wait against 10 ms, at the cost of four times the
+callbacks (a few % of a core in this engine).
 
-The sound card's own buffering (:attr:`AudioDevice.input_latency_ms`, :attr:`AudioDevice.output_latency_ms`)
-is reported apart from the pipeline's, and is already folded into ``capture_ns``/``playout_ns``.
+The two directions run on one clock and one callback (the speaker blocks filled while a microphone block
+was captured are the echo canceller's reference for it), so the device gathers the microphone's periods
+into the 10 ms block itself (:meth:`AudioDevice._invoke`), aligned on the callback ``index``: the block
+arrives with every ``FRAME / period``-th callback (``index % (FRAME // period) == FRAME // period − 1``),
+and on the callbacks between, ``mic`` is empty.
+
+The sound card's own buffering (:attr:`AudioDevice.input_latency_ms`, :attr:`AudioDevice.output_latency_ms`,
+and the 10 ms capture block) is reported apart from the pipeline's, and is already folded into
+``capture_ns``/``playout_ns``.
 
 :func:`open_device` is the factory (an explicit if/elif on the kind); importing this module needs neither
 PortAudio nor a sound card: :mod:`sounddevice` is imported only when it is used.
@@ -49,10 +60,12 @@ FRAME = 480
 """Samples per channel in one processing and codec frame: 10 ms at 48 kHz."""
 FRAME_NS = FRAME * 1_000_000_000 // SAMPLE_RATE
 """Duration of one frame, ns (10 000 000)."""
+CAPTURE_BLOCK = FRAME
+"""Samples per channel in each microphone block a callback receives: the 10 ms frame."""
 PERIODS = (120, 240, 480)
-"""Device periods allowed, samples per channel per callback (2.5, 5 and 10 ms): each divides :data:`FRAME`."""
+"""Speaker periods allowed, samples per channel per callback (2.5, 5, 10 ms); each divides :data:`FRAME`."""
 DEFAULT_PERIOD = 240
-"""The default device period: 5 ms."""
+"""A device's period when none is given: 5 ms (the engine opens its card with ``audio.period_ms``)."""
 
 
 def period_samples(period_ms: float) -> int:
@@ -64,16 +77,20 @@ def period_samples(period_ms: float) -> int:
 
 
 AudioCallback = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32], int, int, int], None]
-"""``callback(mic, speaker, index, capture_ns, playout_ns)``, called once per period on the device's
-real-time thread.
+"""``callback(mic, speaker, index, capture_ns, playout_ns)``, called once per (speaker) period on the
+device's real-time thread.
 
-- ``mic``: float32 ``(period, CHANNELS)``, the block just captured. Read-only, and valid only during the
-  call (the device reuses the buffer): copy what you keep.
+- ``mic``: float32 ``(CAPTURE_BLOCK, CHANNELS)``, the 10 ms microphone block just completed, on every
+  ``FRAME // period``-th callback (those with ``index % (FRAME // period) == FRAME // period − 1``); on the
+  others an empty ``(0, CHANNELS)`` array. Its first sample is sample ``(index + 1) · period − CAPTURE_BLOCK``
+  of the microphone stream. Read-only, and valid only during the call (the device reuses the buffer): copy
+  what you keep.
 - ``speaker``: float32 ``(period, CHANNELS)``, the block the speaker plays next. The callee must fill all of
   it (it is *not* cleared beforehand); it is read after the call returns.
 - ``index``: callback counter, 0 for the first callback after :meth:`AudioDevice.start`; it keeps counting
   across a reopen after the device was lost, so ``index × period`` numbers the samples delivered.
-- ``capture_ns``: CLOCK_MONOTONIC ns at which the first sample of ``mic`` reached the microphone (ADC time).
+- ``capture_ns``: CLOCK_MONOTONIC ns at which the first sample of ``mic`` reached the microphone (ADC time);
+  while ``mic`` is empty, that of the block being gathered.
 - ``playout_ns``: CLOCK_MONOTONIC ns at which the first sample of ``speaker`` will leave the speaker (DAC
   time).
 
@@ -89,11 +106,13 @@ class AudioDeviceError(Exception):
 
 
 class AudioDevice(ABC):
-    """A duplex 48 kHz stereo sound card delivering one block of :attr:`period` samples per callback.
+    """A duplex 48 kHz stereo sound card: one callback per :attr:`period` speaker samples, the microphone
+    in blocks of :data:`CAPTURE_BLOCK`.
 
     ``start``/``stop`` are called from a control thread; the callback runs on the device's own real-time
     thread; ``stats`` and the latency properties may be read from any thread. The base class holds the
-    shared behaviour: the counters and :meth:`_invoke`, which runs the callback safely.
+    shared behaviour: the counters and :meth:`_invoke`, which gathers the microphone into its 10 ms block and
+    runs the callback safely.
 
     A device that disappears mid-call (unplugged, or its driver failed) does not stop: it marks itself
     ``lost``, logs once, stops calling back, and tries to reopen about once a second; when it is back the
@@ -105,13 +124,18 @@ class AudioDevice(ABC):
     """What this is, for logs and statistics, e.g. "synthetic" or "portaudio USB Audio / USB Audio"."""
 
     period: int
-    """Samples per channel in each callback block, one of :data:`PERIODS`."""
+    """Samples per channel in each speaker block (one per callback), one of :data:`PERIODS`."""
 
     def __init__(self, name: str, period: int = DEFAULT_PERIOD) -> None:
         if period not in PERIODS:
             raise ValueError(f"audio period must be one of {PERIODS} samples, not {period}")
         self.name = name
         self.period = period
+        self._sub_blocks = FRAME // period
+        # The microphone block being gathered (device thread), and the empty one handed over meanwhile.
+        self._mic_block = np.zeros((CAPTURE_BLOCK, CHANNELS), dtype=np.float32)
+        self._no_mic = np.zeros((0, CHANNELS), dtype=np.float32)
+        self._mic_block_ns = 0
         self._reopened = 0
         self._callbacks = 0
         self._input_overflows = 0
@@ -178,10 +202,17 @@ class AudioDevice(ABC):
         capture_ns: int,
         playout_ns: int,
     ) -> None:
-        """Run ``callback`` for one block (device thread): time it, and turn an exception into silence."""
+        """One period (device thread): gather ``mic`` (one period, any buffer) into the 10 ms block, run
+        ``callback`` with the block when it is complete (else with an empty one), time it, and turn an
+        exception into silence."""
         began = time.perf_counter_ns()
+        part = index % self._sub_blocks
+        if part == 0:
+            self._mic_block_ns = capture_ns
+        np.copyto(self._mic_block[part * self.period : (part + 1) * self.period], mic)
+        block = self._mic_block if part == self._sub_blocks - 1 else self._no_mic
         try:
-            callback(mic, speaker, index, capture_ns, playout_ns)
+            callback(block, speaker, index, self._mic_block_ns, playout_ns)
         except Exception:
             self._callback_errors += 1
             speaker.fill(0.0)

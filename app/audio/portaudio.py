@@ -3,7 +3,10 @@
 :class:`PortAudioDevice` opens one full-duplex ``sounddevice.Stream`` on the microphone and speaker named
 in the settings (by part of their name, case-insensitive; ``None`` = PortAudio's default), asking the card
 for ``latency_ms`` of buffering and for blocks of exactly :attr:`~app.audio.device.AudioDevice.period`
-samples. A microphone that only offers one channel is opened mono and copied to both channels.
+samples. A microphone that only offers one channel is opened mono and copied to both channels. The stream's
+microphone periods are gathered into the interface's 10 ms blocks by :meth:`AudioDevice._invoke`: one
+duplex stream keeps both directions on one clock and one callback (the echo canceller's reference pairing
+relies on it), and PortAudio gives a duplex stream one block size for both.
 
 **Theory of operation.**
 

@@ -9,7 +9,9 @@ period j of that epoch ends at ``t_j = T0 + (j+1)·P``, and the callback for it 
 - ``capture_ns = T0 + j·P``: the ADC time of the microphone block's first sample (no input latency);
 - ``playout_ns = t_j + latency_ms``: the DAC time of the speaker block the callback fills.
 
-Both are computed from T0 and j (CLOCK_MONOTONIC ns, rounded once), never from when the thread actually
+(The microphone periods are gathered into the interface's 10 ms blocks by :meth:`AudioDevice._invoke`, as
+a card with a 10 ms capture buffer would deliver them: the block's time is its first period's.) Both are
+computed from T0 and j (CLOCK_MONOTONIC ns, rounded once), never from when the thread actually
 woke, so they are exact. Real-time pacing sleeps towards the absolute deadline t_j, so sleep errors never
 accumulate; a thread more than :data:`MAX_LATE_PERIODS` periods late skips ahead to the current period (an
 xrun: ``output_underflows`` and ``input_overflows`` each count one) instead of racing to catch up. With
@@ -40,6 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +106,7 @@ class SyntheticDevice(AudioDevice):
         self.rate = SAMPLE_RATE * (1.0 + drift_ppm * 1e-6)
         """The card's true sample rate against CLOCK_MONOTONIC, Hz."""
         self._ns_per_sample = 1e9 / self.rate
+        self._period_ns = round(period * self._ns_per_sample)
         self._latency_ns = round(latency_ms * 1e6)
         # Speaker to microphone in samples: one period (fill → play), the output latency and the acoustic
         # delay, rounded as one sum so the direct echo lands on the sample the timing model predicts.
@@ -133,6 +137,8 @@ class SyntheticDevice(AudioDevice):
         self._epoch_ns = 0  # T0 of the current epoch
         self._slot = 0  # hardware periods since T0 whose callback has come (or been skipped)
         self._started = False
+        self._late_callbacks = 0
+        self._max_late_ns = 0
 
     # -- control thread ----------------------------------------------------------------------------------
 
@@ -206,6 +212,15 @@ class SyntheticDevice(AudioDevice):
     def output_latency_ms(self) -> float:
         """The simulated output buffering, ms."""
         return self.latency_ms
+
+    def stats(self) -> dict[str, Any]:
+        """The base counters, and (real time only) ``late_callbacks``: callbacks that ran more than a period
+        after their deadline (then followed by the next ones back to back), ``max_late_ms``: the latest."""
+        return {
+            **super().stats(),
+            "late_callbacks": self._late_callbacks,
+            "max_late_ms": self._max_late_ns / 1e6,
+        }
 
     def unplug(self) -> None:
         """Fault injection: the card disappears. Once this returns no callback runs until :meth:`replug`."""
@@ -291,9 +306,11 @@ class SyntheticDevice(AudioDevice):
             due = self._epoch_ns + self._offset_ns((self._slot + 1) * period)
             if self.realtime:
                 now = time.monotonic_ns()
-                late = (now - due) // round(period * self._ns_per_sample)
+                late = (now - due) // self._period_ns
                 if late > MAX_LATE_PERIODS:
                     # Too late to catch up: skip the periods missed, as a card's xrun would.
+                    self._max_late_ns = max(self._max_late_ns, now - due)
+                    self._late_callbacks += 1
                     self._slot += late
                     self._output_underflows += 1
                     self._input_overflows += 1
@@ -304,6 +321,12 @@ class SyntheticDevice(AudioDevice):
                         if self._stopping.wait((due - now) / 1e9):
                             return
                         now = time.monotonic_ns()
+                    # How late the thread got there: a card's interrupt is not late, so this is what the
+                    # machine (CPU, interpreter lock) did to the callbacks.
+                    late_ns = now - due
+                    self._max_late_ns = max(self._max_late_ns, late_ns)
+                    if late_ns > self._period_ns:
+                        self._late_callbacks += 1
             with self._plug_lock:
                 if self._lost:
                     continue  # the block stays pending and is delivered after the reopen

@@ -286,21 +286,24 @@ def measure_erle(
 
 
 class _Session:
-    """Play ``play`` (float32 ``(n, CHANNELS)``, n a multiple of the period) once and record the microphone.
+    """Play ``play`` (float32 ``(n, CHANNELS)``, n a multiple of the 10 ms frame) once and record the
+    microphone at the same stream positions.
 
-    :meth:`callback` runs on the device's thread: it copies one block each way between preallocated arrays,
-    stores the block's time stamps, and notes a gap in the stream (the device lost and reopened, or an
-    ``index`` that skips). After the last block it plays silence and sets :attr:`done`.
+    :meth:`callback` runs on the device's thread: it copies the speaker block, and the microphone block when
+    one comes (every 10 ms), between preallocated arrays, stores their time stamps, and notes a gap in the
+    stream (the device lost and reopened, or an ``index`` that skips). After the last block it plays
+    silence and sets :attr:`done`.
     """
 
     def __init__(self, play: FloatArray, period: int, capture_gain_db: float = 0.0) -> None:
-        if len(play) % period:
-            raise ValueError(f"the signal must be whole periods of {period} samples, not {len(play)}")
+        if len(play) % FRAME:
+            raise ValueError(f"the signal must be whole frames of {FRAME} samples, not {len(play)}")
         self.play = play
         self.period = period
         self.blocks = len(play) // period
         self.mic = np.zeros_like(play)
         self.capture_ns = np.zeros(self.blocks, np.int64)
+        """ADC time of each microphone block's first sample, at the block of its first period; 0 elsewhere."""
         self.playout_ns = np.zeros(self.blocks, np.int64)
         self.gain = np.float32(10.0 ** (capture_gain_db / 20.0))
         self.scaled = capture_gain_db != 0.0
@@ -321,15 +324,18 @@ class _Session:
         elif index != self.first_index + k:
             self.gaps += 1
         lo = k * self.period
-        hi = lo + self.period
-        np.copyto(speaker, self.play[lo:hi])
-        kept = self.mic[lo:hi]
-        np.copyto(kept, mic)
-        if self.scaled:
-            kept *= self.gain
-            np.clip(kept, -1.0, 1.0, out=kept)
-        self.capture_ns[k] = capture_ns
+        np.copyto(speaker, self.play[lo : lo + self.period])
         self.playout_ns[k] = playout_ns
+        # The microphone block ends with this period: it sits at the same stream positions as what was played.
+        hi = (index + 1 - self.first_index) * self.period
+        start = hi - len(mic)
+        if len(mic) and start >= 0 and hi <= len(self.mic):
+            kept = self.mic[start:hi]
+            np.copyto(kept, mic)
+            if self.scaled:
+                kept *= self.gain
+                np.clip(kept, -1.0, 1.0, out=kept)
+            self.capture_ns[start // self.period] = capture_ns
         self.count = k + 1
         if k + 1 == self.blocks:
             self.done.set()
@@ -360,13 +366,13 @@ def record(
     span: tuple[float, float] = (0.0, 1.0),
     what: str = "measuring",
 ) -> Recording:
-    """Start ``device``, play ``play`` (padded to whole periods) and record as long, stop; the recording.
+    """Start ``device``, play ``play`` (padded to whole frames) and record as long, stop; the recording.
 
     Raises :class:`AudioDeviceError` when the device does not open. Progress goes from ``span[0]`` to
     ``span[1]`` with ``what``. Calling thread; it waits for the device.
     """
     period = device.period
-    padded = np.zeros((-(-len(play) // period) * period, CHANNELS), np.float32)
+    padded = np.zeros((-(-len(play) // FRAME) * FRAME, CHANNELS), np.float32)
     padded[: len(play)] = play
     session = _Session(padded, period, capture_gain_db)
     seconds = len(padded) / SAMPLE_RATE
@@ -394,7 +400,9 @@ def record(
             f"the sound card '{device.name}' dropped or skipped audio during the measurement "
             f"({session.gaps + xruns} times); stop whatever else uses it or loads the machine, and run again"
         )
-    stamped = (session.playout_ns[: session.count] - session.capture_ns[: session.count]) / 1e6
+    # Each microphone block against the speaker block filled with its first period (as the engine pairs them).
+    got = session.capture_ns[: session.count] != 0
+    stamped = (session.playout_ns[: session.count][got] - session.capture_ns[: session.count][got]) / 1e6
     return Recording(
         session.mic,
         float(in_ms),

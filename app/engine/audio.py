@@ -3,9 +3,9 @@
 Threads, and what each may do:
 
 - The **device thread** (PortAudio's callback, or the synthetic room's clock) calls
-  :meth:`AudioEngine.callback` once per period (2.5, 5 or 10 ms). It fills the speaker block from the
-  playout FIFO, gathers microphone periods (with the speaker blocks played meanwhile, the echo canceller's
-  reference) into 10 ms frames in a preallocated ring, and notes its time and the FIFO level in
+  :meth:`AudioEngine.callback` once per speaker period (2.5, 5 or 10 ms). It fills the speaker block from
+  the playout FIFO, keeps the speaker blocks of the current 10 ms (the echo canceller's reference), puts
+  each 10 ms microphone block with them into a preallocated ring, and notes its time and the FIFO level in
   preallocated arrays. It takes no lock, allocates no arrays and signals the other threads through
   eventfds (a write that cannot block).
 - The **audio-send thread** takes (microphone, speaker) frames in order, runs WebRTC's AEC3 on them,
@@ -21,7 +21,9 @@ Threads, and what each may do:
   (a late frame then plays, a period later), a whole frame when a later frame shows it is lost.
 
 Why push rather than pull: a frame decoded on arrival waits only for the sound card, not also for a
-playout tick; what it waits on average is half a period, which is why the period is short.
+playout tick; what it waits on average is half a speaker period, which is why that period is short (2.5 ms
+by default). The microphone comes in 10 ms blocks, the frame: a shorter capture period would not get a
+frame out sooner.
 
 Lip sync: audio and video frames carry the same sender clock's capture time, so at the receiver
 ``play time − capture`` of each differs from the true latency by the same unknown clock offset, and their
@@ -67,6 +69,9 @@ FRAME_MS = FRAME * 1000 / SAMPLE_RATE
 _CAPTURE_SLOTS = 16
 _FIFO_SAMPLES = SAMPLE_RATE  # 1 s: far above any target
 _CB_SLOTS = 64  # callback records kept for the playout thread (0.16 s at 2.5 ms periods)
+_PHASE_CALLBACKS = 32
+"""Recent callbacks the schedule is estimated from (80 ms at 2.5 ms periods); fewer than :data:`_CB_SLOTS`, so
+that the device thread never overwrites one being read."""
 GUARD_MS = 1.0
 """How long before a callback the playout thread conceals when the FIFO cannot cover it, ms."""
 CATCH_UP_MS = 15.0
@@ -180,6 +185,7 @@ class AudioEngine:
             "callbacks": 0,
             "capture_overruns": 0,
             "underruns": 0,
+            "underrun_samples": 0,
             "frames_sent": 0,
             "packets_received": 0,
             "bad_packets": 0,
@@ -198,9 +204,9 @@ class AudioEngine:
         }
         # -- device thread state (preallocated) --
         self._capture = FrameRing(_CAPTURE_SLOTS, 2, FRAME)  # microphone, speaker
-        self._cap_fill = 0
-        self._cap_dropping = False
-        self._cap_expect_ns = 0
+        # The speaker blocks filled during the microphone block being captured, at the same positions
+        # (callback index modulo the block): the echo canceller's reference for it.
+        self._reference = np.zeros((FRAME, CHANNELS), np.float32)
         self._fifo = SampleRing(_FIFO_SAMPLES)
         self._cb_ns = np.zeros(_CB_SLOTS, np.int64)  # monotonic time of each callback
         self._cb_level = np.zeros(_CB_SLOTS, np.int64)  # FIFO samples before it read
@@ -264,6 +270,9 @@ class AudioEngine:
         """From a frame's last sample at the twin's microphone to its arrival here, ms (one host only)."""
         self.frame_wait_ms = Histogram()
         """Each decoded frame's wait until its first sample plays, ms."""
+        self.wake_late_ms = Histogram()
+        """How late the playout thread woke for a deadline it slept towards, ms: what the machine costs the
+        concealment guard (GUARD_MS)."""
         self.latency_ms = Histogram()
         """Sender's capture → our DAC time of each decoded frame, ms (meaningful on one host only)."""
         self._play_started_ns = 0
@@ -402,9 +411,13 @@ class AudioEngine:
         got = fifo.read_into(speaker)
         if got < len(speaker) and self._playing:
             self.counters["underruns"] += 1
+            self.counters["underrun_samples"] += len(speaker) - got
         self._callbacks += 1
         if self.sending:
-            self._gather(mic, speaker, index, capture_ns)
+            part = index % (FRAME // self.period)
+            np.copyto(self._reference[part * self.period : (part + 1) * self.period], speaker)
+            if len(mic):
+                self._gather(mic, index, capture_ns)
         if self._playback_gain is not None:
             # After the echo canceller's reference was taken: AEC3 gets the far end at its nominal level and
             # the gain becomes part of the echo path (linear unless the speaker clips). A quieter reference
@@ -414,36 +427,24 @@ class AudioEngine:
         if self.tap is not None:
             self.tap.on_played(speaker, playout_ns)
 
-    def _gather(self, mic: Block, speaker: Block, index: int, capture_ns: int) -> None:
-        """Collect microphone periods and the speaker periods played meanwhile into whole frames."""
+    def _gather(self, mic: Block, index: int, capture_ns: int) -> None:
+        """Queue a 10 ms microphone block with its reference for the send thread (or count an overrun)."""
         ring = self._capture
-        n = len(mic)
-        if self._cap_fill and abs(capture_ns - self._cap_expect_ns) > self._period_ns // 2:
-            # A gap in the stream (the device was lost and came back): start a fresh frame.
-            self._cap_fill = 0
-        if self._cap_fill == 0:
-            self._cap_dropping = ring.written - ring.read >= ring.slots
-            if self._cap_dropping:
-                self.counters["capture_overruns"] += 1
-            else:
-                stamp = ring.stamps[ring.written % ring.slots]
-                stamp[0] = index * n
-                stamp[1] = capture_ns
-        self._cap_expect_ns = capture_ns + self._period_ns
-        if not self._cap_dropping:
-            slot = ring.written % ring.slots
-            kept = ring.blocks[0, slot, self._cap_fill : self._cap_fill + n]
-            np.copyto(kept, mic)
-            if self._capture_gain is not None:
-                kept *= self._capture_gain  # in the ring: ``mic`` itself is the device's, read-only
-                np.clip(kept, -1.0, 1.0, out=kept)
-            np.copyto(ring.blocks[1, slot, self._cap_fill : self._cap_fill + n], speaker)
-        self._cap_fill += n
-        if self._cap_fill >= FRAME:
-            self._cap_fill = 0
-            if not self._cap_dropping:
-                ring.written += 1
-                self._capture_wake.set()
+        if ring.written - ring.read >= ring.slots:
+            self.counters["capture_overruns"] += 1
+            return
+        slot = ring.written % ring.slots
+        stamp = ring.stamps[slot]
+        stamp[0] = (index + 1) * self.period - len(mic)  # the block's first sample in the microphone stream
+        stamp[1] = capture_ns
+        kept = ring.blocks[0, slot]
+        np.copyto(kept, mic)
+        if self._capture_gain is not None:
+            kept *= self._capture_gain  # in the ring: ``mic`` itself is the device's, read-only
+            np.clip(kept, -1.0, 1.0, out=kept)
+        np.copyto(ring.blocks[1, slot], self._reference)
+        ring.written += 1
+        self._capture_wake.set()
 
     # -- send thread -------------------------------------------------------------------------------------
 
@@ -527,10 +528,15 @@ class AudioEngine:
     def _playout_loop(self) -> None:
         make_realtime("audio-playout")
         while not self._stop.is_set():
-            self._playout_wake.wait(self._sleep_s())
+            sleep_s = self._sleep_s()
+            deadline_ns = time.monotonic_ns() + int(sleep_s * 1e9)
+            woken = self._playout_wake.wait(sleep_s)
             if self._stop.is_set():
                 return
             now = time.monotonic_ns()
+            if not woken and self._playing and sleep_s < 0.02:
+                # Slept towards a guard deadline: how late the wake came (scheduling, the interpreter lock).
+                self.wake_late_ms.record(max(0.0, (now - deadline_ns) / 1e6))
             self._follow_callbacks(now)
             self._play_ready(now)
             self._cover_next_callback()
@@ -551,11 +557,28 @@ class AudioEngine:
         return int(self._cb_ns[s]), int(self._cb_level[s]), int(self._cb_read[s]), int(self._cb_playout[s])
 
     def _next_callback_ns(self, now: int) -> int | None:
-        """Predicted time of the next callback after ``now``, or None while the device is silent."""
-        last = self._last_callback()
-        if last is None or now - last[0] > STALE_DEVICE_MS * 1e6:
+        """Predicted time of the next callback after ``now``, or None while the device is silent.
+
+        From the card's schedule, not from the last callback alone: a callback runs late by however long
+        its thread waited (for the CPU, for the interpreter lock) and never early, so the earliest of the
+        recent callbacks, each taken back by its whole periods, is the schedule (the same estimate as the
+        PortAudio backend's clock offset). Predicting from a late callback would put the next one up to
+        that lateness too late, eating the guard time in which a missing frame is concealed: an underrun.
+        Callbacks more than a period earlier than the newest (so taken back) are from before a pause or
+        skip, on another grid, and are left out; 200 ppm of drift over :data:`_PHASE_CALLBACKS` callbacks
+        is 16 µs.
+        """
+        n = self._callbacks
+        if n == 0:
             return None
-        t = last[0] + self._period_ns
+        last_ns = int(self._cb_ns[(n - 1) % _CB_SLOTS])
+        if now - last_ns > STALE_DEVICE_MS * 1e6:
+            return None
+        k = min(n, _PHASE_CALLBACKS)
+        numbers = np.arange(n - k, n, dtype=np.int64)
+        phases = self._cb_ns[numbers % _CB_SLOTS] - numbers * self._period_ns
+        phase = int(np.min(phases[phases >= phases[-1] - self._period_ns]))
+        t = phase + n * self._period_ns
         if t <= now:
             t += ((now - t) // self._period_ns + 1) * self._period_ns
         return t
@@ -863,6 +886,7 @@ class AudioEngine:
             "send_ms": self.send_ms.snapshot(),
             "arrival_ms": self.arrival_ms.snapshot(),
             "frame_wait_ms": self.frame_wait_ms.snapshot(),
+            "wake_late_ms": self.wake_late_ms.snapshot(),
         }
         if self.processing is not None:
             out["processing"] = self.processing.stats()

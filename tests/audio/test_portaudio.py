@@ -613,12 +613,15 @@ def test_stereo_blocks_pass_through_with_counting_indices(
     dev = make(devices, None, None)
     dev.start(rec)
     block = np.linspace(-1, 1, 480, dtype=np.float32).reshape(240, 2)
-    for _ in range(3):
-        out = fake.stream.fire(block)
+    for k in range(4):
+        out = fake.stream.fire(block + k)
         assert np.all(out == 0.5)
-    assert [c[1] for c in rec.calls] == [0, 1, 2]
-    assert np.array_equal(rec.calls[0][0], block)
-    assert dev.stats()["callbacks"] == 3
+    assert [c[1] for c in rec.calls] == [0, 1, 2, 3]
+    # The microphone comes in 10 ms blocks: two 5 ms periods, with the callback that completes each.
+    assert rec.calls[0][0].shape == rec.calls[2][0].shape == (0, 2)
+    assert np.array_equal(rec.calls[1][0], np.concatenate([block, block + 1]))
+    assert np.array_equal(rec.calls[3][0], np.concatenate([block + 2, block + 3]))
+    assert dev.stats()["callbacks"] == 4
     assert fake.stream.callback_exceptions == []
 
 
@@ -631,13 +634,15 @@ def test_a_mono_microphone_is_copied_to_both_channels(
     dev.start(rec)
     assert fake.stream.kwargs["channels"] == (1, 2)
     assert any("one channel" in r.getMessage() for r in records(caplog, logging.INFO))
-    for k in range(2):
-        mono = np.arange(240, dtype=np.float32).reshape(240, 1) / 240 + k
+    monos = [np.arange(240, dtype=np.float32).reshape(240, 1) / 240 + k for k in range(4)]
+    for mono in monos:
         fake.stream.fire(mono)
-        assert rec.calls[k][0].shape == (240, 2)
-        assert np.array_equal(rec.calls[k][0][:, 0], mono[:, 0])
-        assert np.array_equal(rec.calls[k][0][:, 1], mono[:, 0])
-    assert rec.mics[0] is rec.mics[1]  # one preallocated buffer, not a new array per callback
+    for k in (1, 3):
+        both = np.concatenate([monos[k - 1], monos[k]])[:, 0]
+        assert rec.calls[k][0].shape == (480, 2)
+        assert np.array_equal(rec.calls[k][0][:, 0], both)
+        assert np.array_equal(rec.calls[k][0][:, 1], both)
+    assert rec.mics[1] is rec.mics[3]  # one preallocated buffer, not a new array per callback
 
 
 def test_stream_times_become_monotonic_ns_with_the_smallest_offset(
@@ -665,8 +670,9 @@ def test_stream_times_become_monotonic_ns_with_the_smallest_offset(
         return current_ns - 7_812_500 + offset_ns, current_ns + 7_812_500 + offset_ns
 
     assert fire(0, 0) == expected(0, offset)
-    # Called 3 ms late: the earlier, smaller offset still holds.
-    assert fire(1, 3_000_000) == expected(1, offset)
+    # Called 3 ms late: the earlier, smaller offset still holds (the capture time is still that of the 10 ms
+    # block begun with callback 0).
+    assert fire(1, 3_000_000) == (expected(0, offset)[0], expected(1, offset)[1])
     # Called 1 ms earlier than the first time: a smaller offset is adopted at once.
     assert fire(2, -1_000_000) == expected(2, offset - 1_000_000)
 
@@ -683,7 +689,7 @@ def test_the_offset_estimate_forgets_within_two_seconds(
     def fire(late_ns: int) -> int:
         clock[0] = 10_000_000_000 + late_ns
         fake.stream.fire(times=(99.0, 100.0, 101.0))
-        return rec.calls[-1][2] - 99_000_000_000  # the offset applied: capture_ns - ADC time
+        return rec.calls[-1][3] - 101_000_000_000  # the offset applied: playout_ns - DAC time
 
     assert fire(0) == -90_000_000_000  # monotonic 10 s at stream time 100 s
     for n in range(2, 201):

@@ -61,27 +61,26 @@ def run_room(config: RoomConfig, far: np.ndarray, apm: AudioProcessing):
     device = SyntheticDevice(config, period=240, realtime=False, latency_ms=5.0)
     mic_f = np.zeros((480, 2), np.float32)
     spk_f = np.zeros((480, 2), np.float32)
-    fill = [0]
     mics: list[np.ndarray] = []
     outs: list[np.ndarray] = []
     firsts: list[int] = []
     done = threading.Event()
 
     def callback(mic, speaker, index, _capture_ns, _playout_ns):
-        n = len(mic)
-        s = index * n
-        if s + n > len(far):
+        # One 5 ms speaker period per callback; the microphone's 10 ms block with every second one, its
+        # reference the two speaker periods filled meanwhile (as the engine pairs them).
+        p = len(speaker)
+        s = index * p
+        if s + p > len(far):
             speaker.fill(0.0)
             done.set()
             return
-        speaker[:] = far[s : s + n]
-        if fill[0] == 0:
-            firsts.append(s)
-        mic_f[fill[0] : fill[0] + n] = mic
-        spk_f[fill[0] : fill[0] + n] = speaker
-        fill[0] += n
-        if fill[0] == 480:
-            fill[0] = 0
+        speaker[:] = far[s : s + p]
+        part = index % 2
+        spk_f[part * p : (part + 1) * p] = speaker
+        if len(mic):
+            firsts.append(s + p - len(mic))
+            mic_f[:] = mic
             mics.append(mic_f.copy())
             outs.append(apm.process(mic_f, spk_f))
 

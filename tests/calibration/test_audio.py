@@ -272,13 +272,13 @@ def transport() -> Iterator[Transport]:
 def test_the_engine_starts_aec3_from_the_calibrated_delay(tmp_path: Path, transport: Transport) -> None:
     report = run_step(settings_for(tmp_path, room_echo_delay_ms=70.0), "audio")
     audio = apply_to(AudioSettings(), applied(tmp_path, "audio"))
-    device = SyntheticDevice(RoomConfig(echo_delay_ms=70.0), realtime=False, latency_ms=5.0)
+    device = SyntheticDevice(RoomConfig(echo_delay_ms=70.0), period=120, realtime=False, latency_ms=5.0)
     engine = AudioEngine(audio, device, transport, sending=True, receiving=False, on_error=lambda n, e: None)
     try:
         assert engine.processing is not None
-        # 70 ms acoustic + 5 ms period + 5 ms output latency: the loopback the sweep measured.
-        assert engine.processing.stream_delay_ms == 80
-        assert report.details["loopback_delay_ms"] == pytest.approx(80.0, abs=0.05)
+        # 70 ms acoustic + 2.5 ms period + 5 ms output latency: the loopback the sweep measured.
+        assert report.details["loopback_delay_ms"] == pytest.approx(77.5, abs=0.05)
+        assert engine.processing.stream_delay_ms == 78  # AEC3 takes whole ms
     finally:
         engine.stop()
 
@@ -288,14 +288,15 @@ def test_the_gains_are_applied_in_the_callback(transport: Transport) -> None:
     device = SyntheticDevice(RoomConfig(), realtime=False)
     engine = AudioEngine(audio, device, transport, sending=True, receiving=False, on_error=lambda n, e: None)
     try:
-        far = np.full((240, 2), 0.5, np.float32)
+        far = np.full((480, 2), 0.5, np.float32)
         engine._fifo.write(far)
-        mic = np.full((240, 2), 0.01, np.float32)
+        mic = np.full((480, 2), 0.01, np.float32)
         mic[0] = 0.5  # ×10 is beyond full scale: clipped
-        speaker = np.zeros((240, 2), np.float32)
-        engine.callback(mic, speaker, 0, 0, 0)
-        assert speaker == pytest.approx(0.5 * 10 ** (-6 / 20), rel=1e-6)
-        kept_mic, kept_ref = engine._capture.blocks[0, 0, :240], engine._capture.blocks[1, 0, :240]
+        for index in (0, 1):  # two 5 ms speaker periods; the 10 ms microphone block with the second
+            speaker = np.zeros((240, 2), np.float32)
+            engine.callback(mic if index else mic[:0], speaker, index, 0, 0)
+            assert speaker == pytest.approx(0.5 * 10 ** (-6 / 20), rel=1e-6)
+        kept_mic, kept_ref = engine._capture.blocks[0, 0], engine._capture.blocks[1, 0]
         assert kept_mic[1:] == pytest.approx(0.1, rel=1e-5) and np.all(kept_mic[0] == 1.0)
         assert np.all(kept_ref == 0.5)  # AEC3's reference is the far end before the playback gain
         assert np.all(mic[1:] == 0.01)  # the device's block is not touched
@@ -315,7 +316,7 @@ def test_a_new_calibration_is_applied_to_a_running_engine(transport: Transport) 
         assert engine._pending_stream_delay == 80  # Taken up by the processing thread at its next frame.
         engine._fifo.write(np.full((240, 2), 0.5, np.float32))
         speaker = np.zeros((240, 2), np.float32)
-        engine.callback(np.zeros((240, 2), np.float32), speaker, 0, 0, 0)
+        engine.callback(np.zeros((0, 2), np.float32), speaker, 0, 0, 0)
         assert speaker == pytest.approx(0.5 * 10 ** (-6 / 20), rel=1e-6)
     finally:
         engine.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.audio.device import period_samples
 from app.bench.audio_tap import BenchAudioTap
 from app.bench.recorder import StampRecorder
 from app.engine.engine import Engine
@@ -28,7 +29,7 @@ def test_mirror_plays_its_own_voice_with_markers_intact(tmp_path: Path, codec: s
     settings = small_settings(
         tmp_path, audio={"codec": codec, "talker": "markers", "markers_every_s": 0.25, "room_noise_dbfs": -80}
     )
-    tap = BenchAudioTap(period=240)
+    tap = BenchAudioTap(period=period_samples(settings.audio.period_ms))
     engine = Engine(settings, audio_tap=tap)
     assert engine.audio is not None
     tap.device = engine.audio.device
@@ -129,17 +130,19 @@ def test_the_sound_card_callback_allocates_no_arrays(tmp_path: Path) -> None:
     a = engine.audio
     assert a is not None
     a._fifo.write(np.full((20_000, 2), 0.1, np.float32))
-    mic = np.zeros((240, 2), np.float32)
-    speaker = np.zeros((240, 2), np.float32)
+    mic = np.zeros((a.device.period, 2), np.float32)
+    speaker = np.zeros((a.device.period, 2), np.float32)
+    # Through the device's own hand-over, which gathers the microphone's periods into 10 ms blocks.
+    invoke = a.device._invoke
     for i in range(10):
-        a.callback(mic, speaker, i, i * 5_000_000, i * 5_000_000)
+        invoke(a.callback, mic, speaker, i, i * 5_000_000, i * 5_000_000)
     a._capture.read = a._capture.written
     tracemalloc.start()
     try:
         start, _ = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         for i in range(10, 70):
-            a.callback(mic, speaker, i, i * 5_000_000, i * 5_000_000)
+            invoke(a.callback, mic, speaker, i, i * 5_000_000, i * 5_000_000)
             a._capture.read = a._capture.written  # the send thread's part, done here
         end, peak = tracemalloc.get_traced_memory()
     finally:
