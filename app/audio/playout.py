@@ -68,6 +68,9 @@ MARGIN_MS = 0.5
 rises a few seconds before a frame would actually be late."""
 REMAINDER_MS = 0.5
 """Where trimming puts the level's remainder above a whole number of periods, ms."""
+SPAN_FRACTION = 0.4
+"""Remainders spread over less than this fraction of a period sit together (their low end is meaningful);
+spread wider, where the set starts on the period's circle is a guess, and a trim from it would be noise."""
 
 
 def _cluster(values: deque[float], period: float) -> tuple[float, float]:
@@ -185,7 +188,7 @@ class PlayoutController:
         if self._fresh < MIN_SAMPLES // 2:
             return
         low_r, span = _cluster(self._remainder, self.period_ms)
-        if low_r < REMAINDER_MS - 0.35 and span < 2.0:
+        if low_r < REMAINDER_MS - 0.35 and span < SPAN_FRACTION * self.period_ms:
             # The remainders sit together and are sliding toward a wrap (clock drift moves them 0.2 ms/s at
             # 200 ppm): put them back before a whole period of slack is lost with them. No settling wait,
             # since a wrap would come within seconds.

@@ -103,9 +103,10 @@ class Sim:
         return c
 
 
+@pytest.mark.parametrize("period", [2.5, 5.0])
 @pytest.mark.parametrize("drift_ppm", [-200.0, 200.0])
-def test_level_holds_within_5_ms_of_target_through_200_ppm_of_drift_for_10_minutes(drift_ppm):
-    sim = Sim(drift_ppm=drift_ppm, jitter_ms=0.5, seconds=600)
+def test_level_holds_within_5_ms_of_target_through_200_ppm_of_drift_for_10_minutes(drift_ppm, period):
+    sim = Sim(period=period, drift_ppm=drift_ppm, jitter_ms=0.5, seconds=600)
     c = sim.run()
     settled = [(t, lv, tg) for t, lv, tg in sim.levels if t > 20]
     assert max(abs(lv - tg) for _, lv, tg in settled) <= 5.0
@@ -170,3 +171,16 @@ def test_rate_estimator_measures_drift_through_jitter():
         near.add(int(k * 10_000_000 + rng.uniform(0, 1e6)), k * 480)
     assert drift_ppm(far, near) == pytest.approx(200, abs=5)
     assert RateEstimator().rate() is None
+
+
+def test_jitter_near_a_short_period_does_not_ratchet_the_target_up():
+    # 2 ms of jitter against 2.5 ms periods spreads the level's remainders over most of the period, where
+    # their "low end" is arbitrary: trimming up from it crept the target up ~0.25 ms/s, a period at a time
+    # taken back by lowering (a sawtooth 6–13 ms, mean wait 8.3 ms). Spread so wide, they are left alone.
+    sim = Sim(period=2.5, jitter_ms=2.0, seconds=60, phase=1.3)
+    c = sim.run()
+    settled = [(lv, tg) for t, lv, tg in sim.levels if t > 10]
+    assert max(tg for _, tg in settled) - min(tg for _, tg in settled) <= 2.5 + 1e-6
+    assert sum(lv for lv, _ in settled) / len(settled) < 6.5
+    assert c.counters["trims"] <= 5
+    assert sim.underruns == 0
