@@ -9,10 +9,11 @@ rooms are scripted:
 - doorway **b** is the ear: its own talker alternates (2 s on, 2 s off), with no markers.
 
 Mouth-to-ear runs a → b: from the moment a marker's first sample reaches a's microphone to the moment it
-leaves b's speaker (both CLOCK_MONOTONIC on this host), less the sound cards' own buffering (a's capture
-period and input latency, b's output latency), which is reported apart. Echo cancellation is measured at
+leaves b's speaker (both CLOCK_MONOTONIC on this host), less the sound cards' own buffering (a's 10 ms capture
+block and input latency, b's output latency), which is reported apart. Echo cancellation is measured at
 b, which hears a's voice from its speaker all the time: ERLE while b's talker pauses (from one second into
-each pause), and in double talk how much of b's clean voice survives, from the room's ground truth.
+each pause), and how much b's clean voice drops while a talks against while a pauses, from the room's
+ground truth.
 Underruns, concealment, gaps, buffer level, drift and the audio–video offset come from b's statistics.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from app.audio.device import CAPTURE_BLOCK, SAMPLE_RATE
 from app.launch import (
     EngineProcess,
     check_bench_records,
@@ -48,6 +50,8 @@ from app.relay import (
 
 log = logging.getLogger(__name__)
 
+CAPTURE_BLOCK_MS = CAPTURE_BLOCK * 1000 / SAMPLE_RATE
+"""The microphone block the capture callback receives, ms (10)."""
 _FAR_ACTIVE = 1e-7  # echo power (≈ −70 dBFS) above which the far end counts as audible at the microphone
 
 
@@ -65,7 +69,9 @@ def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
         default=-70.0,
         help="microphone noise floor of both rooms (dBFS); ERLE cannot be measured above echo-to-noise",
     )
-    p.add_argument("--period-ms", type=float, default=5.0, choices=[2.5, 5.0, 10.0], help="sound card period")
+    p.add_argument(
+        "--period-ms", type=float, default=2.5, choices=[2.5, 5.0, 10.0], help="sound card speaker period"
+    )
     p.add_argument(
         "--noise-suppression", action="store_true", help="turn WebRTC noise suppression on (adds 6 ms)"
     )
@@ -140,18 +146,25 @@ def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> l
 
 
 def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float]:
-    """ERLE over far-end-only frames, and the near talker's loss in double talk, from b's frame records.
+    """ERLE over far-end-only frames, and how much the near talker drops while the far end talks, from b's
+    frame records.
 
     ERLE: frames of b's pauses from 1 s into each pause (so the canceller has had a second of far end to
     itself), where the far end is audible at the microphone and b's own room put no near-end sound in the
     frame or the two before it (the processing delays it by ~9 ms): microphone power over output power,
-    summed. Double talk: frames where b's talker talks and the far end is audible; the loss is
-    −20·log10(g), g the least-squares gain of the clean near talker (delayed by the processing) in the
-    output. Residual echo and noise are uncorrelated with the near talker, so they do not count.
+    summed. The near talker's level: in a set of frames, the least-squares gain g of the clean near talker
+    (delayed by the processing) in the output; residual echo and noise are uncorrelated with the near
+    talker, so they do not count. It is measured in double talk (b's talker talks and the far end is
+    audible) and in near-end single talk (b talks, the far end is silent: the far talker's pauses); the
+    drop while the far end talks is their ratio: ``double_talk_near_loss_db`` = −20·log10(g_double/g_single).
+    What the processing takes off the near talker with nobody else talking (its high-pass and band-split
+    filters: ~0.3 dB) is ``single_talk_near_loss_db`` = −20·log10(g_single), and the two together
+    ``double_talk_near_loss_abs_db``.
     """
     mic_far = out_far = 0.0
     dot = nn = 0.0
-    dt_blocks = far_blocks = 0
+    dot_single = nn_single = 0.0
+    dt_blocks = far_blocks = single_blocks = 0
     pause_start: int | None = None
     recent_near = [1.0, 1.0]
     for b in blocks:
@@ -166,6 +179,10 @@ def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float
         else:
             pause_start = None
         if echo_p < _FAR_ACTIVE:
+            if active == 1.0:
+                dot_single += out_near
+                nn_single += near_near
+                single_blocks += 1
             continue
         if active == 0.0:
             if pause_start is not None and t - pause_start >= 1_000_000_000 and not marker_near:
@@ -176,14 +193,22 @@ def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float
             dot += out_near
             nn += near_near
             dt_blocks += 1
+
+    def loss_db(d: float, n: float) -> float:
+        gain = d / n if n > 0 else math.nan
+        return -20 * math.log10(gain) if gain > 0 else math.nan
+
     erle = 10 * math.log10(mic_far / out_far) if out_far > 0 and mic_far > 0 else math.nan
-    gain = dot / nn if nn > 0 else math.nan
-    loss = -20 * math.log10(gain) if gain > 0 else math.nan
+    double = loss_db(dot, nn)
+    single = loss_db(dot_single, nn_single)
     return {
         "erle_db": round(erle, 1),
         "erle_blocks": far_blocks,
-        "double_talk_near_loss_db": round(loss, 2),
+        "double_talk_near_loss_db": round(double - single, 2),
         "double_talk_blocks": dt_blocks,
+        "single_talk_near_loss_db": round(single, 2),
+        "single_talk_blocks": single_blocks,
+        "double_talk_near_loss_abs_db": round(double, 2),
     }
 
 
@@ -235,11 +260,11 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     emitted = [e for e in doc_a["audio"]["markers_emitted_ns"] if lo <= e < hi]
     ear = doc_b["stats"].get("audio", {})
     mouth = doc_a["stats"].get("audio", {})
-    # ADC → DAC includes the sound cards' own buffering: the capture period a sample waits in before its
-    # callback, and each card's input and output latency. The pipeline is what is left: from the capture
+    # ADC → DAC includes the sound cards' own buffering: the 10 ms capture block a sample waits in before
+    # its callback, and each card's input and output latency. The pipeline is what is left: from the capture
     # callback that receives the sound to the playback callback that hands it to the card.
     cards_ms = (
-        opts.period_ms
+        CAPTURE_BLOCK_MS
         + float(mouth.get("input_latency_ms") or 0.0)
         + float(ear.get("output_latency_ms") or 0.0)
     )
@@ -266,7 +291,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "max": round(max(total), 2) if total else None,
         },
         "device_buffers_ms": {
-            "capture_period": opts.period_ms,
+            "capture_block": CAPTURE_BLOCK_MS,
             "input": mouth.get("input_latency_ms"),
             "output": ear.get("output_latency_ms"),
         },
@@ -298,7 +323,7 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             "| mouth-to-ear p50 / p99 / max ms | gaps > 20 ms | concealed % | underruns | overruns | ERLE dB "
-            "| double-talk near loss dB | drift ppm | buffer mean / max ms | A/V offset ms |",
+            "| double-talk drop dB | drift ppm | buffer mean / max ms | A/V offset ms |",
             "|---|---|---|---|---|---|---|---|---|---|",
             f"| {m['p50']} / {m['p99']} / {m['max']} | {r['gaps_over_20ms']} | {r['concealed_percent']} "
             f"| {r['underruns']} | {r['overruns']} | {r['erle_db']} | {r['double_talk_near_loss_db']} "
