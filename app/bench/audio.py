@@ -75,6 +75,11 @@ def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise-suppression", action="store_true", help="turn WebRTC noise suppression on (adds 6 ms)"
     )
+    p.add_argument(
+        "--video",
+        default="640x360@60",
+        help="video both ways, WIDTHxHEIGHT@FPS (lip sync, and the load the audio shares the host with)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the result object here")
     p.add_argument("--keep", type=Path, default=None, help="keep the engines' configs and logs here")
     add_impairment_arguments(p)
@@ -102,7 +107,7 @@ def _settings(opts: argparse.Namespace, name: str, port: int, peer: int, state_d
     return {
         "engine": {"role": "duplex", "state_dir": str(state_dir)},
         "capture": {"backend": "synthetic", "seed": 1 if talker_a else 2},
-        "video": {"width": 640, "height": 360, "fps": 60, "bitrate_kbps": 2000, "encoder": "x264"},
+        "video": {**_video(opts.video), "encoder": "x264"},
         "network": {
             "listen_host": "127.0.0.1",
             "listen_port": port,
@@ -113,6 +118,18 @@ def _settings(opts: argparse.Namespace, name: str, port: int, peer: int, state_d
         "audio": audio,
         "logging": {"level": "info"},
     }
+
+
+def _video(spec: str) -> dict[str, int]:
+    """``WIDTHxHEIGHT@FPS`` as the ``[video]`` size, rate and a bitrate for it (2 Mb/s at 640×360@60)."""
+    try:
+        size, fps = spec.split("@")
+        width, height = (int(v) for v in size.split("x"))
+        rate = int(fps)
+    except ValueError:
+        raise SystemExit(f"--video must be WIDTHxHEIGHT@FPS, e.g. 640x360@60, not {spec!r}") from None
+    kbps = max(100, round(2000 * width * height * rate / (640 * 360 * 60)))
+    return {"width": width, "height": height, "fps": rate, "bitrate_kbps": kbps}
 
 
 def _window(seconds: list[dict[str, int]], lo: int, hi: int) -> dict[str, int]:
@@ -213,6 +230,7 @@ def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
+    _video(opts.video)  # a malformed --video stops here, before anything starts
     with tempfile.TemporaryDirectory(prefix="doorway-bench-audio-") as tmp:
         work = opts.keep if opts.keep is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -296,6 +314,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "output": ear.get("output_latency_ms"),
         },
         "period_ms": opts.period_ms,
+        "video": opts.video,
         "noise_suppression": opts.noise_suppression,
         "room": {"echo_delay_ms": opts.echo_delay_ms, "rt60_ms": opts.rt60_ms, "noise_dbfs": opts.noise_dbfs},
         "gaps_over_20ms": window.get("gaps_over_20ms"),

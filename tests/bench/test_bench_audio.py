@@ -55,3 +55,12 @@ def test_the_near_talkers_drop_is_measured_against_single_talk() -> None:
 def test_echo_metrics_without_such_frames_are_not_numbers() -> None:
     m = echo_metrics([frame(0, active=-1.0, echo_p=0.0)], 0, S)
     assert math.isnan(m["erle_db"]) and math.isnan(m["double_talk_near_loss_db"])
+
+
+def test_the_video_option_reads_size_and_rate() -> None:
+    from app.bench.audio import _video
+
+    assert _video("640x360@60") == {"width": 640, "height": 360, "fps": 60, "bitrate_kbps": 2000}
+    assert _video("160x120@5")["bitrate_kbps"] == 100  # the least
+    with pytest.raises(SystemExit, match="WIDTHxHEIGHT@FPS"):
+        _video("640x360")
