@@ -224,11 +224,11 @@ class AudioSettings(_Section):
     that lists the devices found."""
     output_device: str | None = None
     """portaudio: speaker, by (part of its) name; none = the system default."""
-    period_ms: float = 2.5
+    period_ms: float = 5.0
     """Sound card speaker period, ms: how often it takes audio (2.5, 5 or 10; the microphone always comes in
-    10 ms blocks, the frame echo cancellation and Opus need). Shorter periods cut the wait for the speaker
-    (half a period on average) at the cost of more wake-ups: 2.5 ms costs a few % of a core more than 5 ms.
-    Default 2.5."""
+    10 ms blocks, the frame echo cancellation and Opus need). A shorter period cuts the wait for the speaker
+    (half a period on average) at the cost of more wake-ups; measured on a loaded 2-core host, 2.5 ms gave
+    no lower mouth-to-ear than 5 ms and three times the underruns (README, "Audio"). Default 5."""
     device_latency_ms: float = Field(5.0, ge=0.0, le=200.0)
     """Output buffering asked of the sound card (portaudio) or simulated (synthetic), ms; reported apart
     from the pipeline's latency. Default 5."""

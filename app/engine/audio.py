@@ -21,7 +21,7 @@ Threads, and what each may do:
   (a late frame then plays, a period later), a whole frame when a later frame shows it is lost.
 
 Why push rather than pull: a frame decoded on arrival waits only for the sound card, not also for a
-playout tick; what it waits on average is half a speaker period, which is why that period is short (2.5 ms
+playout tick; what it waits on average is half a speaker period, which is why that period is short (5 ms
 by default). The microphone comes in 10 ms blocks, the frame: a shorter capture period would not get a
 frame out sooner.
 
