@@ -247,6 +247,21 @@ def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "control"
 
 
+def _named(controls: dict[str, Control], name: str, device: str) -> Control:
+    """The control called ``name``; ControlValueError naming the camera when it has none (both backends)."""
+    control = controls.get(name)
+    if control is None:
+        raise ControlValueError(f"the camera {device} has no {name} control")
+    return control
+
+
+def _readable(value: int | None, name: str, device: str) -> int:
+    """A control's current value; ControlValueError when the camera cannot read it (both backends)."""
+    if value is None:
+        raise ControlValueError(f"{name} on {device} cannot be read")
+    return value
+
+
 def _absent(present: list[Control]) -> list[Control]:
     have = {c.cid for c in present}
     return [
@@ -315,16 +330,10 @@ class SyntheticControls:
         return present + _absent(present)
 
     def _find(self, name: str) -> Control:
-        control = self._controls.get(name)
-        if control is None:
-            raise ControlValueError(f"the camera {self.device} has no {name} control")
-        return control
+        return _named(self._controls, name, self.device)
 
     def get(self, name: str) -> int:
-        value = self._find(name).value
-        if value is None:
-            raise ControlValueError(f"{name} on {self.device} cannot be read")
-        return value
+        return _readable(self._find(name).value, name, self.device)
 
     def set(self, name: str, value: int) -> int:
         control = self._find(name)
@@ -519,17 +528,10 @@ class V4L2Controls:
         if self._cache is None or name not in self._cache:
             self.controls()
         assert self._cache is not None
-        control = self._cache.get(name)
-        if control is None:
-            raise ControlValueError(f"the camera {self.device} has no {name} control")
-        return control
+        return _named(self._cache, name, self.device)
 
     def get(self, name: str) -> int:
-        control = self._find(name)
-        value = self._read(control.cid)
-        if value is None:
-            raise ControlValueError(f"{name} on {self.device} cannot be read")
-        return value
+        return _readable(self._read(self._find(name).cid), name, self.device)
 
     def set(self, name: str, value: int) -> int:
         control = self._find(name)
