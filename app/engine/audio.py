@@ -213,6 +213,8 @@ class AudioEngine:
         self._cb_read = np.zeros(_CB_SLOTS, np.int64)  # FIFO read index before it read
         self._cb_playout = np.zeros(_CB_SLOTS, np.int64)  # DAC time of its first sample
         self._callbacks = 0
+        self._phase = 0  # the callback schedule's phase (playout thread, _next_callback_ns) ...
+        self._phase_at = 0  # ... as of this many callbacks
         self._playing = False  # written by the playout thread only
         self.muted = False
         """Send silence instead of the microphone (privacy; any thread sets it)."""
@@ -574,11 +576,14 @@ class AudioEngine:
         last_ns = int(self._cb_ns[(n - 1) % _CB_SLOTS])
         if now - last_ns > STALE_DEVICE_MS * 1e6:
             return None
-        k = min(n, _PHASE_CALLBACKS)
-        numbers = np.arange(n - k, n, dtype=np.int64)
-        phases = self._cb_ns[numbers % _CB_SLOTS] - numbers * self._period_ns
-        phase = int(np.min(phases[phases >= phases[-1] - self._period_ns]))
-        t = phase + n * self._period_ns
+        if self._phase_at != n:
+            # Once per new callback: the playout thread asks several times per wake.
+            k = min(n, _PHASE_CALLBACKS)
+            numbers = np.arange(n - k, n, dtype=np.int64)
+            phases = self._cb_ns[numbers % _CB_SLOTS] - numbers * self._period_ns
+            self._phase = int(np.min(phases[phases >= phases[-1] - self._period_ns]))
+            self._phase_at = n
+        t = self._phase + n * self._period_ns
         if t <= now:
             t += ((now - t) // self._period_ns + 1) * self._period_ns
         return t
