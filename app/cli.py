@@ -50,30 +50,23 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or settings.logging.level)
     recorder = None
-    audio_tap = None
+    audio_record = None
     if args.bench_record is not None:
         from app.bench.recorder import StampRecorder, TimelineSampler
 
         recorder = StampRecorder(seed=settings.capture.seed)
         if settings.audio.enabled:
-            from app.audio.device import period_samples
-            from app.bench.audio_tap import BenchAudioTap
-
-            audio_tap = BenchAudioTap(period=period_samples(settings.audio.period_ms))
+            audio_record = args.bench_record.with_name(args.bench_record.name + ".audio")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        engine = Engine(settings, sink_hook=recorder, audio_tap=audio_tap, config_path=args.config)
+        engine = Engine(settings, sink_hook=recorder, audio_record=audio_record, config_path=args.config)
     except (LinkError, CaptureError, EncoderError, AudioDeviceError, CodecError, StateError) as exc:
         log.error("cannot start: %s", exc)
         stop_logging()
         return 1
     timeline = None
-    if audio_tap is not None and engine.audio is not None:
-        audio_tap.device = engine.audio.device
-        if engine.audio.processing is not None:
-            audio_tap.processing_delay = engine.audio.processing.latency_samples
     if recorder is not None:
         send = engine.send
         if send is not None:
@@ -85,7 +78,10 @@ def cmd_engine(args: argparse.Namespace) -> int:
     status = engine.wait(stop, args.run_seconds)
     if recorder is not None and timeline is not None:
         timeline.stop()
-        extra = {"audio": audio_tap.dump()} if audio_tap is not None else {}
+        extra = {}
+        if audio_record is not None and audio_record.exists():
+            extra["audio"] = json.loads(audio_record.read_text())
+            audio_record.unlink()
         recorder.dump(args.bench_record, engine.stats(), timeline.samples, extra)
     stop_logging()
     return status

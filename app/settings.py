@@ -216,6 +216,10 @@ class AudioSettings(_Section):
 
     enabled: bool = True
     """Send and play audio. Default true."""
+    own_process: bool = True
+    """Run the audio engine in a process of its own, joined to the engine by a local socket
+    (app/engine/audio_process.py): its real-time threads then never wait for the interpreter lock behind a
+    video thread. False runs it on threads of the engine process (tests that reach into it). Default true."""
     backend: Literal["synthetic", "portaudio"] = "synthetic"
     """Sound card: "synthetic" (a simulated room, for the demo and tests) or "portaudio" (real devices
     through sounddevice). Default "synthetic"."""

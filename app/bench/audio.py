@@ -145,8 +145,10 @@ def _pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 2) if values else math.nan
 
 
-def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> list[float]:
-    """Latency (ms) of each marker emitted inside [lo, hi): the first detection within 400 ms after it.
+def mouth_to_ear(
+    emitted: list[int], detected: list[int], lo: int, hi: int, within_ms: float = 400.0
+) -> list[float]:
+    """Latency (ms) of each marker emitted inside [lo, hi): the first detection within ``within_ms`` after it.
 
     Markers come every 500 ms, so a detection cannot belong to the next one; a marker lost to the network
     and concealed may not be detected at all, and then has no latency."""
@@ -156,10 +158,26 @@ def mouth_to_ear(emitted: list[int], detected: list[int], lo: int, hi: int) -> l
     for e in sorted(emitted):
         while j < len(det) and det[j] < e:
             j += 1
-        if lo <= e < hi and j < len(det) and det[j] - e < 400_000_000:
+        if lo <= e < hi and j < len(det) and det[j] - e < within_ms * 1e6:
             out.append((det[j] - e) / 1e6)
             j += 1
     return out
+
+
+CONTENT_MARGIN_MS = 30.0
+"""How much later than its frame a marker can play: the sound inside a frame lags the frame's capture time
+by the twin's processing and codec delay (9 + 2.5 ms), and the sound cards' buffers (≤ 20 ms here) lie
+outside the frame's own latency."""
+
+
+def marker_bound_ms(ear: dict[str, Any]) -> float:
+    """The latest a marker can be heard after it was made (ADC → DAC), ms: the longest any frame took from
+    the twin's capture to the DAC (the ear's own per-frame measure, ``latency_ms.max``), plus
+    :data:`CONTENT_MARGIN_MS`. A detection later than that is not the marker itself but its echo come
+    round both rooms (≈ 2 × (ADC → DAC + echo delay), ~180 ms and more) after the marker itself was masked:
+    pairing the two would report a latency no frame had. 400 ms when the ear did not measure it."""
+    most = (ear.get("latency_ms") or {}).get("max")
+    return 400.0 if most is None else min(400.0, float(most) + CONTENT_MARGIN_MS)
 
 
 def echo_metrics(blocks: list[list[float]], lo: int, hi: int) -> dict[str, float]:
@@ -274,9 +292,15 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         doc_b = json.loads(docs["b"].read_text())
     lo = t0 + int(opts.warmup * 1e9)
     hi = lo + int(opts.seconds * 1e9)
-    total = mouth_to_ear(doc_a["audio"]["markers_emitted_ns"], doc_b["audio"]["markers_detected_ns"], lo, hi)
-    emitted = [e for e in doc_a["audio"]["markers_emitted_ns"] if lo <= e < hi]
     ear = doc_b["stats"].get("audio", {})
+    bound = marker_bound_ms(ear)
+    total = mouth_to_ear(
+        doc_a["audio"]["markers_emitted_ns"], doc_b["audio"]["markers_detected_ns"], lo, hi, within_ms=bound
+    )
+    echoes = len(
+        mouth_to_ear(doc_a["audio"]["markers_emitted_ns"], doc_b["audio"]["markers_detected_ns"], lo, hi)
+    ) - len(total)
+    emitted = [e for e in doc_a["audio"]["markers_emitted_ns"] if lo <= e < hi]
     mouth = doc_a["stats"].get("audio", {})
     # ADC → DAC includes the sound cards' own buffering: the 10 ms capture block a sample waits in before
     # its callback, and each card's input and output latency. The pipeline is what is left: from the capture
@@ -302,7 +326,12 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "p99": _pct(lat, 99),
             "max": round(max(lat), 2) if lat else None,
         },
-        "markers": {"emitted": len(emitted), "measured": len(lat)},
+        "markers": {
+            "emitted": len(emitted),
+            "measured": len(lat),
+            "bound_ms": round(bound, 2),
+            "echoes_dropped": echoes,
+        },
         "mouth_to_ear_total_ms": {
             "p50": _pct(total, 50),
             "p99": _pct(total, 99),

@@ -8,17 +8,21 @@
 - on the device thread it copies each block played, with its DAC time, into a preallocated ring
   (allocation-free); on the audio-playout thread it runs the latency-marker detector over those blocks.
 
-Everything is written once, at exit, into the engine's bench record file under ``"audio"``.
+Everything is written once, at exit, into a JSON file beside the engine's bench record (by the audio process,
+where audio has one), which the engine adds to its record under ``"audio"``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.audio.markers import MarkerDetector
-from app.engine.audio import AudioTap
+from app.engine.audio import AudioEngine, AudioTap
 
 _SLOTS = 512
 _MAX_BLOCKS = 200_000  # frames of statistics kept (33 minutes)
@@ -99,6 +103,22 @@ class BenchAudioTap(AudioTap):
     # audio-playout thread
     def on_second(self, now_ns: int, counters: dict[str, int]) -> None:
         self.seconds.append({"t": now_ns, **counters})
+
+    @classmethod
+    def attach(cls, engine: AudioEngine) -> BenchAudioTap:
+        """A tap recording ``engine`` (before it starts): its device's ground truth, its processing delay."""
+        tap = cls(period=engine.device.period)
+        tap.device = engine.device
+        if engine.processing is not None:
+            tap.processing_delay = engine.processing.latency_samples
+        engine.tap = tap
+        return tap
+
+    def write(self, path: Path) -> None:
+        """:meth:`dump` into ``path`` as JSON (whole or not at all), once the engine has stopped."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.dump()))
+        os.replace(tmp, path)
 
     def dump(self) -> dict[str, Any]:
         emitted: list[int] = []

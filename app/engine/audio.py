@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -56,7 +56,6 @@ from app.audio.processing import AudioProcessing, processing_latency_samples
 from app.audio.resample import VariableResampler
 from app.audio.ring import FrameRing, SampleRing
 from app.engine.metrics import Histogram
-from app.engine.transport import Transport
 from app.net.protocol import AudioCodecId, AudioPacket
 from app.settings import AudioSettings
 
@@ -89,6 +88,40 @@ STALE_DEVICE_MS = 200.0
 # Per packet on the wire besides the frames: our header, UDP and IP (bits), for the rate congestion control
 # must leave to audio.
 _OVERHEAD_BITS = (28 + 8 + 20) * 8
+
+
+class LossView(Protocol):
+    @property
+    def loss(self) -> float:
+        """Fraction of our packets the twin reports lost (0..1)."""
+        ...
+
+
+class AudioUplink(Protocol):
+    """What the audio engine sends through: the engine's :class:`~app.engine.transport.Transport`, or in
+    the audio process the socket to the engine (app/engine/audio_process.py)."""
+
+    @property
+    def loss(self) -> LossView: ...
+
+    def next_seq(self) -> int: ...
+
+    def send(self, pkt: AudioPacket, *, media: bool = False) -> int: ...
+
+
+def redundancy_for(most: int, loss: float) -> int:
+    """Earlier frames each packet repeats at ``loss`` (the fraction the twin reports lost), at most ``most``:
+    none while the twin sees no loss, more as it sees more."""
+    if most == 0 or loss < 0.0005:
+        return 0
+    return min(most, 1 if loss < 0.03 else 2 if loss < 0.15 else 3)
+
+
+def audio_rate_bps(settings: AudioSettings, redundancy: int) -> int:
+    """What audio sends with ``redundancy`` copies, bit/s: frames (with their copies) and per-packet
+    overhead."""
+    per_frame = settings.bitrate_kbps * 1000 if settings.codec == "opus" else 1_536_000
+    return int(per_frame * (1 + redundancy) + _OVERHEAD_BITS * 1000 / FRAME_MS)
 
 
 def _gain(db: float) -> np.float32 | None:
@@ -152,7 +185,7 @@ class AudioEngine:
         self,
         settings: AudioSettings,
         device: AudioDevice,
-        transport: Transport,
+        transport: AudioUplink,
         *,
         sending: bool,
         receiving: bool,
@@ -476,12 +509,8 @@ class AudioEngine:
                 self.send_ms.record((time.monotonic_ns() - capture_ns - FRAME_NS) / 1e6)
 
     def redundancy(self) -> int:
-        """Earlier frames each packet repeats now: none while the twin sees no loss, more as it sees more."""
-        most = self.settings.redundancy
-        loss = self.transport.loss.loss
-        if most == 0 or loss < 0.0005:
-            return 0
-        return min(most, 1 if loss < 0.03 else 2 if loss < 0.15 else 3)
+        """Earlier frames each packet repeats now (:func:`redundancy_for` the loss the twin reports)."""
+        return redundancy_for(self.settings.redundancy, self.transport.loss.loss)
 
     def _send(self, data: bytes, capture_ns: int) -> None:
         r = min(self.redundancy(), len(self._history))
@@ -502,8 +531,7 @@ class AudioEngine:
 
     def rate_bps(self) -> int:
         """What audio sends, bit/s: frames (with their copies) and per-packet overhead."""
-        per_frame = self.settings.bitrate_kbps * 1000 if self.settings.codec == "opus" else 1_536_000
-        return int(per_frame * (1 + self.redundancy()) + _OVERHEAD_BITS * 1000 / FRAME_MS)
+        return audio_rate_bps(self.settings, self.redundancy())
 
     # -- network thread ----------------------------------------------------------------------------------
 
@@ -877,6 +905,7 @@ class AudioEngine:
             "bitrate_kbps": self.settings.bitrate_kbps,
             "redundancy": self.redundancy(),
             "playing": self._playing,
+            "muted": self.muted,
             **c,
             "concealed_percent": round(100 * c["samples_concealed"] / total, 3) if total else 0.0,
             "jitter_buffer": jitter,

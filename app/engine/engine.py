@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -26,6 +26,7 @@ from app.calibration.report import STEPS, Report
 from app.calibration.runner import CalibrationBusyError, CalibrationRunner
 from app.control import CommandError, ControlServer
 from app.engine.audio import AudioEngine, AudioTap
+from app.engine.audio_process import AudioProcess
 from app.engine.hwlink import HwLink
 from app.engine.lightmatch import LightMatch
 from app.engine.link import LinkError, UdpLink
@@ -49,6 +50,9 @@ from app.video.encoder import open_encoder
 from app.video.frames import CapturedFrame, DecodedFrame, EncodedFrame
 from app.video.framing import FramedCapture, framed_capture
 
+if TYPE_CHECKING:
+    from app.bench.audio_tap import BenchAudioTap
+
 log = logging.getLogger(__name__)
 
 # Inbox sizes: a couple of frames at most anywhere, so a slow stage sheds load instead of adding latency.
@@ -61,8 +65,11 @@ class Engine:
     """Builds and runs one doorway from its settings.
 
     ``sink_hook`` (optional) is called on the display thread with every picture the null sink shows; the
-    benchmark uses it to read the stamps. ``config_path``: the settings file the engine was started with,
-    which calibration steps run through the control socket read too (None: the default file).
+    benchmark uses it to read the stamps. ``audio_record``: a file the audio's benchmark recording
+    (app/bench/audio_tap.py) is written to when the engine stops; ``audio_tap``: a tap of the caller's
+    instead (tests; only with ``audio.own_process`` false, for it runs on the audio engine's threads).
+    ``config_path``: the settings file the engine was started with, which calibration steps run through the
+    control socket read too (None: the default file).
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class Engine:
         *,
         sink_hook: Callable[[DecodedFrame], None] | None = None,
         audio_tap: AudioTap | None = None,
+        audio_record: Path | None = None,
         config_path: Path | None = None,
     ) -> None:
         self.settings = settings
@@ -166,9 +174,18 @@ class Engine:
             )
             self.capture = CaptureStage(self._make_capture(), encode_in, self._stage_failed)
             self.stages += [self.send, self.encode, self.capture]
-        self.audio: AudioEngine | None = None
+        self.audio: AudioEngine | AudioProcess | None = None
+        self._audio_record = audio_record
+        self._record_tap: BenchAudioTap | None = None  # audio on the engine's threads, recording (benchmark)
         if settings.audio.enabled:
-            self.audio = self._make_audio(audio_tap)
+            try:
+                self.audio = self._make_audio(audio_tap)
+            except BaseException:
+                # Nothing has started yet; what is open must not outlive the refusal.
+                self.link.close()
+                if self.store is not None:
+                    self.store.close()
+                raise
             # Audio packets go through the network thread: it must wake as promptly as the audio threads.
             self.network.realtime = True
         self.control: ControlServer | None = None
@@ -190,7 +207,7 @@ class Engine:
         self.check_pairing()
         self._proc.cpu_percent()
 
-    def _make_audio(self, tap: AudioTap | None) -> AudioEngine:
+    def _make_audio(self, tap: AudioTap | None) -> AudioEngine | AudioProcess:
         # The latest audio calibration (delay, gains) in place of the settings' defaults; logged when applied.
         a = apply_audio_calibration(self.settings.audio, applied(self.settings.engine.state_dir, "audio"))
         room = RoomConfig(
@@ -205,7 +222,6 @@ class Engine:
             markers_every_s=a.markers_every_s,
             seed=self.settings.capture.seed,
         )
-        device = open_configured(a, room)
         display = self.display
 
         def video_age() -> float | None:
@@ -215,9 +231,23 @@ class Engine:
             if display is not None:
                 display.hold_ms = ms
 
-        return AudioEngine(
+        if a.own_process:
+            if tap is not None:
+                raise ValueError("an audio tap runs on the audio threads: it needs audio.own_process = false")
+            return AudioProcess(
+                a,
+                room,
+                self.transport,
+                sending=self.sending,
+                receiving=self.receiving,
+                on_error=self._stage_failed,
+                video_age_ms=video_age,
+                hold_video=hold_video,
+                record=self._audio_record,
+            )
+        engine = AudioEngine(
             a,
-            device,
+            open_configured(a, room),
             self.transport,
             sending=self.sending,
             receiving=self.receiving,
@@ -226,6 +256,11 @@ class Engine:
             hold_video=hold_video,
             tap=tap,
         )
+        if tap is None and self._audio_record is not None:
+            from app.bench.audio_tap import BenchAudioTap
+
+            self._record_tap = BenchAudioTap.attach(engine)
+        return engine
 
     def _on_audio(self, pkt: AudioPacket, now: int) -> None:
         if self.audio is not None:
@@ -369,6 +404,8 @@ class Engine:
         self.calibration.close()
         if self.audio is not None:
             self.audio.stop()
+        if self._record_tap is not None and self._audio_record is not None:
+            self._record_tap.write(self._audio_record)
         for stage in reversed(self.stages):
             stage.stop()
             if not stage.join(5.0):

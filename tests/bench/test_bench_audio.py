@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from app.bench.audio import echo_metrics, mouth_to_ear
+from app.bench.audio import echo_metrics, marker_bound_ms, mouth_to_ear
 
 S = 1_000_000_000
 
@@ -27,6 +27,17 @@ def test_mouth_to_ear_takes_the_first_detection_within_400_ms() -> None:
     # Marker 3 was never detected (lost), marker 4 only too late; a window drops the first.
     assert mouth_to_ear(emitted, detected, 0, 10 * S) == [20.0, 30.0]
     assert mouth_to_ear(emitted, detected, 2 * S, 10 * S) == [30.0]
+
+
+def test_a_detection_later_than_any_frame_took_is_not_the_marker() -> None:
+    ms = 1_000_000
+    # Marker 0 heard after 33 ms; marker 1 masked, and its echo round both rooms heard 225 ms after it.
+    emitted, detected = [0, 500 * ms], [33 * ms, 725 * ms]
+    assert mouth_to_ear(emitted, detected, 0, 10**12) == [33.0, 225.0]
+    bound = marker_bound_ms({"latency_ms": {"max": 26.0}})
+    assert bound == 56.0
+    assert mouth_to_ear(emitted, detected, 0, 10**12, within_ms=bound) == [33.0]
+    assert marker_bound_ms({}) == 400.0 and marker_bound_ms({"latency_ms": {"max": 900.0}}) == 400.0
 
 
 def test_the_near_talkers_drop_is_measured_against_single_talk() -> None:

@@ -2,6 +2,8 @@
 
 A "mirror" engine (peer address = its own) sends its microphone to itself, so one engine exercises the
 whole audio path: sound card callback → echo cancellation → Opus → UDP → jitter buffer → decode → playout.
+The audio runs in a process of its own by default (app/engine/audio_process.py); tests that reach into the
+audio engine's objects run it on the engine's threads (``audio.own_process`` false).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from app.audio.device import period_samples
 from app.bench.audio_tap import BenchAudioTap
 from app.bench.recorder import StampRecorder
+from app.engine.audio import AudioEngine
 from app.engine.engine import Engine
 from app.net.protocol import AudioCodecId, AudioPacket
 from tests.engine.conftest import run_engine, small_settings, wait_for
@@ -24,14 +27,25 @@ def audio(engine: Engine) -> dict:
     return engine.stats()["audio"]
 
 
+INLINE = {"own_process": False}
+"""Audio on the engine's own threads, where a test reaches into its objects."""
+
+
 @pytest.mark.parametrize("codec", ["opus", "pcm"])
 def test_mirror_plays_its_own_voice_with_markers_intact(tmp_path: Path, codec: str) -> None:
     settings = small_settings(
-        tmp_path, audio={"codec": codec, "talker": "markers", "markers_every_s": 0.25, "room_noise_dbfs": -80}
+        tmp_path,
+        audio={
+            **INLINE,
+            "codec": codec,
+            "talker": "markers",
+            "markers_every_s": 0.25,
+            "room_noise_dbfs": -80,
+        },
     )
     tap = BenchAudioTap(period=period_samples(settings.audio.period_ms))
     engine = Engine(settings, audio_tap=tap)
-    assert engine.audio is not None
+    assert isinstance(engine.audio, AudioEngine)
     tap.device = engine.audio.device
     stop, t, status = run_engine(engine)
     try:
@@ -53,8 +67,8 @@ def test_mirror_plays_its_own_voice_with_markers_intact(tmp_path: Path, codec: s
 
 
 def test_bad_audio_packets_are_concealed_and_counted(tmp_path: Path) -> None:
-    engine = Engine(small_settings(tmp_path))
-    assert engine.audio is not None
+    engine = Engine(small_settings(tmp_path, audio=INLINE))
+    assert isinstance(engine.audio, AudioEngine)
     port = engine.settings.network.listen_port
     stop, t, status = run_engine(engine)
     twin = engine.link.sock  # the only socket with the twin's address (a mirror engine's own)
@@ -103,8 +117,8 @@ def test_bad_audio_packets_are_concealed_and_counted(tmp_path: Path) -> None:
 
 def test_sound_card_lost_mid_call_is_reported_reopened_and_video_keeps_going(tmp_path: Path) -> None:
     rec = StampRecorder(psnr_every=0)
-    engine = Engine(small_settings(tmp_path), sink_hook=rec)
-    assert engine.audio is not None
+    engine = Engine(small_settings(tmp_path, audio=INLINE), sink_hook=rec)
+    assert isinstance(engine.audio, AudioEngine)
     device = engine.audio.device
     device.reopen_interval_s = 0.1  # type: ignore[attr-defined]
     stop, t, status = run_engine(engine)
@@ -126,9 +140,9 @@ def test_sound_card_lost_mid_call_is_reported_reopened_and_video_keeps_going(tmp
 
 
 def test_the_sound_card_callback_allocates_no_arrays(tmp_path: Path) -> None:
-    engine = Engine(small_settings(tmp_path))
+    engine = Engine(small_settings(tmp_path, audio=INLINE))
     a = engine.audio
-    assert a is not None
+    assert isinstance(a, AudioEngine)
     a._fifo.write(np.full((20_000, 2), 0.1, np.float32))
     mic = np.zeros((a.device.period, 2), np.float32)
     speaker = np.zeros((a.device.period, 2), np.float32)
