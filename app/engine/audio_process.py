@@ -35,14 +35,15 @@ message                                 direction           meaning
 ======================================  ==================  =================================================
 
 JSON ``op``\\ s, engine → audio: ``init`` (the first message: ``audio`` settings, ``room``, ``sending``,
-``receiving``, ``record`` path or null, ``log_level``), ``start``, ``stop``, ``stats``, ``hold``
-(``on``, ``seconds``) — these four carry an ``id`` and are answered — and ``mute`` (``on``),
-``calibration`` (``audio`` settings), ``state`` (``loss``, ``video_age_ms``). Audio → engine: ``ready``
-(``device``, ``period_ms``) or ``failed`` (``kind``, ``error``) once after ``init``; ``reply`` (``id`` and
-``result`` or ``error`` and ``kind``); ``hold_video`` (``ms``); ``error`` (``name``, ``error``: an audio
-thread failed).
+``receiving``, ``record`` path or null, ``log_level``, ``muted``, and ``start``: start at once, for a
+restart), ``start``, ``stop``, ``stats``, ``hold`` (``on``, ``seconds``) — these four carry an ``id`` and
+are answered — and ``mute`` (``on``), ``calibration`` (``audio`` settings), ``state`` (``loss``,
+``video_age_ms``). Audio → engine: ``ready`` (``device``, ``period_ms``) or ``failed`` (``kind``,
+``error``) once after ``init``; ``reply`` (``id`` and ``result`` or ``error`` and ``kind``);
+``hold_video`` (``ms``); ``error`` (``name``, ``error``: an audio thread failed, and the process ends).
 
-The audio process exits when the socket closes, so it never outlives its engine.
+The audio process exits when the socket closes, so it never outlives its engine; the engine starts a new
+one when it dies (:class:`AudioProcess`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ STATE_INTERVAL_S = 0.1
 """How often the engine pushes the twin's loss and the picture age to the audio process, s."""
 START_TIMEOUT_S = 60.0
 """How long the engine waits for the audio process to open its codecs and device, s."""
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+"""How long to wait before each attempt to start a dead audio process again, s (then every 30 s)."""
 REQUEST_TIMEOUT_S = 10.0
 """How long a request (start, stop, stats, hold) may take to be answered, s."""
 _ARRIVAL = 8  # bytes of the arrival time after the kind
@@ -109,6 +112,23 @@ def _json(obj: dict[str, Any]) -> bytes:
 # -- engine side ---------------------------------------------------------------------------------------
 
 
+def _reap(proc: subprocess.Popen[bytes]) -> int:
+    """Wait up to 5 s for an audio process to exit, then kill it; its exit status."""
+    try:
+        return proc.wait(5.0)
+    except subprocess.TimeoutExpired:
+        log.error("audio process %d did not exit; killing it", proc.pid)
+        proc.kill()
+        return proc.wait(5.0)
+
+
+def _kill(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5.0)
+    sock.close()
+
+
 class _Reply:
     __slots__ = ("done", "message")
 
@@ -124,6 +144,10 @@ class AudioProcess:
 
     Raises :class:`~app.audio.device.AudioDeviceError` (with the device list, for a missing device) or
     :class:`~app.audio.codec.CodecError` when the audio process cannot open its device or codecs.
+
+    Once running, an audio process that dies (a crash in a native library, an audio thread that failed, a
+    kill) is started again by the relay thread after :data:`RESTART_DELAYS_S` — with the latest calibration
+    and the privacy mute — while video goes on; ``process.restarts`` in the statistics counts it.
     """
 
     def __init__(
@@ -134,60 +158,72 @@ class AudioProcess:
         *,
         sending: bool,
         receiving: bool,
-        on_error: Callable[[str, BaseException], None],
         video_age_ms: Callable[[], float | None] | None = None,
         hold_video: Callable[[float], None] | None = None,
         record: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.room = room
         self.transport = transport
         self.sending = sending
         self.receiving = receiving
-        self._on_error = on_error
         self._video_age_ms = video_age_ms
         self._hold_video = hold_video
+        self._record = record
         self._muted = False
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reply] = {}
         self._pending_lock = threading.Lock()
         self._stopping = threading.Event()
         self._final_stats: dict[str, Any] | None = None
-        self.counters = {"packets_dropped_in": 0, "packets_dropped_out": 0, "bad_messages": 0}
-        self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.counters = {"packets_dropped_in": 0, "bad_messages": 0, "restarts": 0}
+        self.device_name = "?"
+        self.period_ms = settings.period_ms
+        self.sock, self.proc = self._spawn(start=False)
+        self._relay = threading.Thread(target=self._relay_loop, name="audio-relay", daemon=True)
+        self._relay.start()
+
+    def _spawn(self, *, start: bool) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """Start an audio process and wait until it has opened its device and codecs (and, with ``start``,
+        started them); its socket and process. Raises as the class says."""
+        sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "app.engine.audio_process", str(child.fileno())],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
+        except OSError as exc:
+            sock.close()
+            raise AudioProcessError(f"cannot start the audio process: {exc}") from exc
         finally:
             child.close()
-        self.device_name = "?"
-        self.period_ms = settings.period_ms
         try:
-            self._handshake(settings, room, record)
+            self._handshake(sock, proc, start=start)
         except BaseException:
-            self._kill()
+            _kill(sock, proc)
             raise
-        self._relay = threading.Thread(target=self._relay_loop, name="audio-relay", daemon=True)
-        self._relay.start()
+        return sock, proc
 
-    def _handshake(self, settings: AudioSettings, room: RoomConfig, record: Path | None) -> None:
+    def _handshake(self, sock: socket.socket, proc: subprocess.Popen[bytes], *, start: bool) -> None:
         init = {
             "op": "init",
-            "audio": settings.model_dump(mode="json"),
-            "room": dataclasses.asdict(room),
+            "audio": self.settings.model_dump(mode="json"),
+            "room": dataclasses.asdict(self.room),
             "sending": self.sending,
             "receiving": self.receiving,
-            "record": None if record is None else str(record),
+            # A restarted process records nothing: the benchmark that asked for it has failed anyway.
+            "record": None if self._record is None or start else str(self._record),
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+            "muted": self._muted,
+            "start": start,
         }
-        if not _send(self.sock, _json(init)):
+        if not _send(sock, _json(init)):
             raise AudioProcessError("the audio process did not take its settings")
-        ready, _, _ = select.select([self.sock], [], [], START_TIMEOUT_S)
-        data = self.sock.recv(MAX_MESSAGE) if ready else b""
+        ready, _, _ = select.select([sock], [], [], START_TIMEOUT_S)
+        data = sock.recv(MAX_MESSAGE) if ready else b""
         if not data.startswith(JSON):
-            status = self.proc.poll()
+            status = proc.poll()
             raise AudioProcessError(
                 "the audio process did not start"
                 + (f" (exit status {status})" if status is not None else f" within {START_TIMEOUT_S:.0f} s")
@@ -197,7 +233,7 @@ class AudioProcess:
             error = str(msg.get("error"))
             raise CodecError(error) if msg.get("kind") == "CodecError" else AudioDeviceError(error)
         self.device_name = str(msg.get("device"))
-        self.period_ms = float(msg.get("period_ms", settings.period_ms))
+        self.period_ms = float(msg.get("period_ms", self.settings.period_ms))
 
     # -- calls from the engine ---------------------------------------------------------------------------
 
@@ -215,29 +251,10 @@ class AudioProcess:
             self._final_stats = self._request("stop")
         except AudioDeviceError as exc:
             log.warning("audio: %s", exc)
-        self._reap()
-        self._shutdown()
-        self._relay.join(5.0)
-        self.sock.close()
-
-    def _reap(self) -> int:
-        """Wait up to 5 s for the audio process to exit, then kill it; its exit status."""
-        try:
-            return self.proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            log.error("audio process %d did not exit; killing it", self.proc.pid)
-            self.proc.kill()
-            return self.proc.wait(5.0)
-
-    def _shutdown(self) -> None:
+        _reap(self.proc)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the relay thread
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5.0)
-        self._shutdown()
+        self._relay.join(5.0)
         self.sock.close()
 
     def on_packet(self, pkt: AudioPacket, now_ns: int) -> None:
@@ -309,37 +326,64 @@ class AudioProcess:
 
     def _relay_loop(self) -> None:
         make_realtime("audio-relay")
+        while True:
+            self._serve(self.sock)
+            with self._pending_lock:
+                for reply in self._pending.values():
+                    reply.done.set()
+            if self._stopping.is_set() or not self._restart():
+                return
+
+    def _serve(self, sock: socket.socket) -> None:
+        """Relay one audio process's messages until its socket closes."""
         poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
+        poller.register(sock, select.POLLIN)
         next_state = 0.0
         while True:
             now = time.monotonic()
             if now >= next_state:
                 next_state = now + STATE_INTERVAL_S
-                self._push_state()
+                self._push_state(sock)
             if not poller.poll(max(0.0, next_state - now) * 1000):
                 continue
             try:
-                data = self.sock.recv(MAX_MESSAGE)
+                data = sock.recv(MAX_MESSAGE)
             except OSError:
                 data = b""
             if not data:
-                break
+                return
             try:
                 self._on_message(data)
             except (ProtocolError, ValueError, KeyError, TypeError) as exc:
                 self.counters["bad_messages"] += 1
                 log.warning("audio: a bad message from the audio process (%s)", exc)
-        with self._pending_lock:
-            for reply in self._pending.values():
-                reply.done.set()
-        if not self._stopping.is_set():
-            status = self._reap()
-            self._on_error("audio", AudioProcessError(f"the audio process exited (status {status})"))
 
-    def _push_state(self) -> None:
+    def _restart(self) -> bool:
+        """The audio process died under us: start another, waiting longer after each failure, until one
+        runs (True) or the engine stops (False)."""
+        status = _reap(self.proc)
+        self.sock.close()
+        self.counters["restarts"] += 1
+        log.error("audio: the audio process exited (status %d); starting it again (video goes on)", status)
+        for delay in itertools.chain(RESTART_DELAYS_S, itertools.repeat(RESTART_DELAYS_S[-1])):
+            if self._stopping.wait(delay):
+                return False
+            try:
+                sock, proc = self._spawn(start=True)
+            except AudioDeviceError as exc:  # CodecError is one too
+                log.error("audio: the audio process could not start again: %s", exc)
+                continue
+            if self._stopping.is_set():
+                _kill(sock, proc)
+                return False
+            self.sock, self.proc = sock, proc
+            log.info("audio: running again in process %d", proc.pid)
+            return True
+        return False
+
+    def _push_state(self, sock: socket.socket) -> None:
         age = self._video_age_ms() if self._video_age_ms is not None else None
-        _send(self.sock, _json({"op": "state", "loss": self.transport.loss.loss, "video_age_ms": age}))
+        _send(sock, _json({"op": "state", "loss": self.transport.loss.loss, "video_age_ms": age}))
 
     def _on_message(self, data: bytes) -> None:
         kind = data[:1]
@@ -362,7 +406,7 @@ class AudioProcess:
             if self._hold_video is not None:
                 self._hold_video(float(msg["ms"]))
         elif op == "error":
-            self._on_error(str(msg["name"]), AudioProcessError(str(msg["error"])))
+            log.error("audio: %s failed in the audio process: %s", msg["name"], msg["error"])
         else:
             raise ValueError(f"unknown op {op!r}")
 
@@ -408,6 +452,7 @@ class _Child:
         self.record = None if init.get("record") is None else Path(str(init["record"]))
         self.bad_packets = 0
         self.bad_messages = 0
+        self.failed = False
         settings = AudioSettings.model_validate(init["audio"])
         device = open_configured(settings, RoomConfig(**init["room"]))
         self.engine = AudioEngine(
@@ -420,6 +465,7 @@ class _Child:
             video_age_ms=lambda: self.video_age_ms,
             hold_video=self._hold_video,
         )
+        self.engine.muted = bool(init.get("muted", False))
         self.tap: BenchAudioTap | None = None
         if self.record is not None:
             from app.bench.audio_tap import BenchAudioTap
@@ -430,7 +476,12 @@ class _Child:
         _send(self.sock, _json({"op": "hold_video", "ms": ms}))
 
     def _thread_failed(self, name: str, exc: BaseException) -> None:
+        """An audio thread died (its own thread): tell the engine, and end this process so that the engine
+        starts a fresh one — the engine process does not go down with it."""
+        self.failed = True
         _send(self.sock, _json({"op": "error", "name": name, "error": f"{type(exc).__name__}: {exc}"}))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def serve(self) -> int:
         make_realtime("audio-socket")
@@ -441,9 +492,10 @@ class _Child:
             except OSError:
                 data = b""
             if not data:
-                log.info("audio: the engine closed the socket; stopping")
+                if not self.failed:
+                    log.info("audio: the engine closed the socket; stopping")
                 engine.stop()
-                return 0
+                return 1 if self.failed else 0
             kind = data[:1]
             if kind == PACKET:
                 try:
@@ -509,6 +561,16 @@ class _Child:
         return out
 
 
+def _refuse(sock: socket.socket, exc: BaseException) -> int:
+    """Tell the engine why this process cannot run; the exit status."""
+    from app.logs import stop_logging
+
+    kind = "CodecError" if isinstance(exc, CodecError) else "AudioDeviceError"
+    _send(sock, _json({"op": "failed", "kind": kind, "error": str(exc)}))
+    stop_logging()
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The audio process: ``python -m app.engine.audio_process FD`` (started by :class:`AudioProcess`)."""
     from app.logs import setup_logging, stop_logging
@@ -528,10 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         child = _Child(sock, init)
     except (AudioDeviceError, CodecError, ValueError, OSError) as exc:
-        kind = "CodecError" if isinstance(exc, CodecError) else "AudioDeviceError"
-        _send(sock, _json({"op": "failed", "kind": kind, "error": str(exc)}))
-        stop_logging()
-        return 1
+        return _refuse(sock, exc)
+    if init.get("start"):
+        try:
+            child.engine.start()
+        except (AudioDeviceError, OSError) as exc:
+            child.engine.stop()
+            return _refuse(sock, exc)
     _send(
         sock, _json({"op": "ready", "device": child.engine.device.name, "period_ms": child.engine.period_ms})
     )

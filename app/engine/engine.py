@@ -240,7 +240,6 @@ class Engine:
                 self.transport,
                 sending=self.sending,
                 receiving=self.receiving,
-                on_error=self._stage_failed,
                 video_age_ms=video_age,
                 hold_video=hold_video,
                 record=self._audio_record,
