@@ -43,6 +43,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from app.audio.device import AudioDeviceError
     from app.engine.engine import Engine
     from app.engine.link import LinkError
+    from app.engine.stage import freeze_startup_objects
     from app.logs import setup_logging, stop_logging
     from app.state import StateError
     from app.video.capture.base import CaptureError
@@ -74,6 +75,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         transport = engine.transport
         timeline = TimelineSampler(lambda: (send.bytes if send else 0, transport.target_bps))
         timeline.start()
+    freeze_startup_objects()  # a full collection would stall every stage for tens of ms
     engine.start(control=not args.no_control)
     status = engine.wait(stop, args.run_seconds)
     if recorder is not None and timeline is not None:

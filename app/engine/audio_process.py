@@ -67,6 +67,7 @@ from app.audio.codec import CodecError
 from app.audio.device import AudioDeviceError, make_realtime
 from app.audio.room import RoomConfig
 from app.engine.audio import audio_rate_bps, redundancy_for
+from app.engine.stage import GcPauses, freeze_startup_objects
 from app.engine.transport import Transport
 from app.net.protocol import AudioPacket, ProtocolError
 from app.settings import AudioSettings
@@ -453,6 +454,8 @@ class _Child:
         self.bad_packets = 0
         self.bad_messages = 0
         self.failed = False
+        self.gc = GcPauses()
+        """Installed once the start-up objects are frozen (:func:`main`): collections while running."""
         settings = AudioSettings.model_validate(init["audio"])
         device = open_configured(settings, RoomConfig(**init["room"]))
         self.engine = AudioEngine(
@@ -555,6 +558,7 @@ class _Child:
 
     def _stats(self) -> dict[str, Any]:
         out = self.engine.stats()
+        out["gc"] = self.gc.snapshot()
         out["packets_unparsed"] = self.bad_packets
         out["bad_messages"] = self.bad_messages
         out["packets_not_sent"] = self.uplink.dropped
@@ -597,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         except (AudioDeviceError, OSError) as exc:
             child.engine.stop()
             return _refuse(sock, exc)
+    frozen = freeze_startup_objects()
+    child.gc.install()
+    log.debug("audio process: %d start-up objects frozen out of the garbage collector", frozen)
     _send(
         sock, _json({"op": "ready", "device": child.engine.device.name, "period_ms": child.engine.period_ms})
     )

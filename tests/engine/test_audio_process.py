@@ -7,6 +7,7 @@ benchmark recording, start-up errors and the process dying under it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from app.audio.device import AudioDeviceError
 from app.bench.recorder import StampRecorder
 from app.engine.audio_process import JSON, MAX_MESSAGE, PACKET, AudioProcess, _json, main
 from app.engine.engine import Engine
+from app.engine.stage import GcPauses, freeze_startup_objects
 from app.net.protocol import AudioCodecId, AudioPacket
 from tests.engine.conftest import run_engine, small_settings, wait_for
 
@@ -166,3 +168,16 @@ def test_the_audio_process_drops_what_it_cannot_parse_and_stops_when_the_socket_
 def test_the_audio_process_refuses_to_run_without_its_socket() -> None:
     assert main([]) == 2
     assert main(["not-a-number"]) == 2
+
+
+def test_start_up_objects_are_frozen_and_collections_are_timed() -> None:
+    pauses = GcPauses().install()
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 1000
+        gc.collect()
+        snap = pauses.snapshot()
+        assert snap["collections"][2] >= 2 and snap["max_pause_ms"][2] > 0.0
+    finally:
+        pauses.uninstall()
+        gc.unfreeze()
