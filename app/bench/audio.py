@@ -20,6 +20,7 @@ Underruns, concealment, gaps, buffer level, drift and the audio–video offset c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.audio.device import CAPTURE_BLOCK, SAMPLE_RATE
+from app.bench.hoststall import HostStallProbe, summarize
 from app.launch import (
     EngineProcess,
     check_bench_records,
@@ -274,6 +276,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         docs = {n: work / f"{n}.record.json" for n in ("a", "b")}
         engines: list[EngineProcess] = []
         t0 = time.monotonic_ns()
+        witness = HostStallProbe(run_s + 10.0)
         if relay is not None:
             relay.start()
         try:
@@ -288,6 +291,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             if relay is not None:
                 relay.stop()
         check_bench_records(engines, docs)
+        stalls_doc = witness.result(timeout_s=30.0)
         doc_a = json.loads(docs["a"].read_text())
         doc_b = json.loads(docs["b"].read_text())
     lo = t0 + int(opts.warmup * 1e9)
@@ -301,6 +305,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         mouth_to_ear(doc_a["audio"]["markers_emitted_ns"], doc_b["audio"]["markers_detected_ns"], lo, hi)
     ) - len(total)
     emitted = [e for e in doc_a["audio"]["markers_emitted_ns"] if lo <= e < hi]
+    seconds_b = [x for x in doc_b["audio"]["seconds"] if lo <= x["t"] < hi + 1_000_000_000]
+    underrun_ns = [
+        cur["t"] for prev, cur in itertools.pairwise(seconds_b) if cur["underruns"] > prev["underruns"]
+    ]
     mouth = doc_a["stats"].get("audio", {})
     # ADC → DAC includes the sound cards' own buffering: the 10 ms capture block a sample waits in before
     # its callback, and each card's input and output latency. The pipeline is what is left: from the capture
@@ -359,6 +367,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         "buffer_error_ms": ear.get("buffer_error_ms"),
         "av_offset_ms": ear.get("av_offset_ms"),
         "cpu_percent": {e.name: e.cpu_mean for e in engines},
+        "host_stalls": summarize(stalls_doc, lo, hi, underrun_ns),
         "ear_stats": ear,
     }
     if relay is not None:
@@ -368,15 +377,22 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
 
 def format_result(r: dict[str, Any]) -> str:
     m = r["mouth_to_ear_ms"]
+    h = r.get("host_stalls") or {}
+    host = (
+        f"{h['over_2ms']} (max {h['max_ms']}; {h['underrun_seconds_with_a_stall']}/{h['underrun_seconds']})"
+        if h
+        else "?"
+    )
     return "\n".join(
         [
             "| mouth-to-ear p50 / p99 / max ms | gaps > 20 ms | concealed % | underruns | overruns | ERLE dB "
-            "| double-talk drop dB | drift ppm | buffer mean / max ms | A/V offset ms |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| double-talk drop dB | drift ppm | buffer mean / max ms | A/V offset ms "
+            "| host stalls > 2 ms (max ms; underrun seconds with one) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             f"| {m['p50']} / {m['p99']} / {m['max']} | {r['gaps_over_20ms']} | {r['concealed_percent']} "
             f"| {r['underruns']} | {r['overruns']} | {r['erle_db']} | {r['double_talk_near_loss_db']} "
             f"| {r['drift_ppm']} | {r['buffer_ms']['mean']} / {r['buffer_ms']['max']} "
-            f"| {r['av_offset_ms']} |",
+            f"| {r['av_offset_ms']} | {host} |",
         ]
     )
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from app.bench.audio import echo_metrics, marker_bound_ms, mouth_to_ear
+from app.bench.hoststall import HostStallProbe, summarize
 
 S = 1_000_000_000
 
@@ -75,3 +76,23 @@ def test_the_video_option_reads_size_and_rate() -> None:
     assert _video("160x120@5")["bitrate_kbps"] == 100  # the least
     with pytest.raises(SystemExit, match="WIDTHxHEIGHT@FPS"):
         _video("640x360")
+
+
+def test_the_host_stall_witness_counts_late_wakes_and_matches_them_to_underruns() -> None:
+    witness = HostStallProbe(0.2)  # a process of its own: it may take real-time priority there
+    witness.proc.wait(30)
+    doc = witness.result()
+    assert doc is not None and doc["wakes"] > 10 and isinstance(doc["stalls"], list)
+    s = 1_000_000_000
+    found = {"realtime": True, "stalls": [[5 * s + 100, 7.5], [9 * s, 3.0], [30 * s, 40.0]]}
+    # Underruns counted in the seconds ending at 6 s (a stall in it) and at 20 s (none); 30 s is outside.
+    summary = summarize(found, 0, 20 * s, [6 * s, 20 * s])
+    assert summary == {
+        "realtime": True,
+        "over_2ms": 2,
+        "total_ms": 10.5,
+        "max_ms": 7.5,
+        "underrun_seconds": 2,
+        "underrun_seconds_with_a_stall": 1,
+    }
+    assert summarize(None, 0, 1, []) is None
