@@ -358,6 +358,9 @@ class AudioProcess:
             except (ProtocolError, ValueError, KeyError, TypeError) as exc:
                 self.counters["bad_messages"] += 1
                 log.warning("audio: a bad message from the audio process (%s)", exc)
+            except Exception:  # a bug here must not silence audio for the rest of the call
+                self.counters["bad_messages"] += 1
+                log.exception("audio: relaying a message from the audio process failed")
 
     def _restart(self) -> bool:
         """The audio process died under us: start another, waiting longer after each failure, until one
