@@ -54,6 +54,7 @@ import itertools
 import json
 import logging
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -586,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         sys.stderr.write("usage: python -m app.engine.audio_process FD (started by the engine)\n")
         return 2
+    # The engine runs this process and ends it by closing the socket. A terminal's Ctrl-C or systemd's
+    # SIGTERM reach the whole process group at once: the engine handles them, and stops this in turn.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     data = sock.recv(MAX_MESSAGE)
     if not data.startswith(JSON):

@@ -104,6 +104,12 @@ def test_a_dead_audio_process_is_started_again_while_video_goes_on(tmp_path: Pat
         wait_for(lambda: audio(engine)["frames_decoded"] >= 50, what="audio flowing")
         engine.set_privacy(True, "test")
         first = proc.proc.pid
+        # Ctrl-C and systemd's stop reach the whole process group: the engine's to handle, not the audio's.
+        os.kill(first, signal.SIGINT)
+        os.kill(first, signal.SIGTERM)
+        decoded = audio(engine)["frames_decoded"]
+        wait_for(lambda: audio(engine)["frames_decoded"] >= decoded + 50, what="audio after SIGINT/SIGTERM")
+        assert proc.counters["restarts"] == 0 and proc.proc.poll() is None
         os.kill(first, signal.SIGKILL)
         shown = len(rec.records)
         wait_for(
