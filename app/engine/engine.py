@@ -355,11 +355,12 @@ class Engine:
             version = store.version()
             if version == self._store_version:
                 return
-            self._store_version = version
             twin = store.twin()
         except StateError as exc:
             log.error("pairing: %s", exc)
             return
+        # Only now: a failed read of the twin must be retried next time, not taken as seen.
+        self._store_version = version
         if twin == self.twin:
             return
         self.twin = twin
