@@ -111,6 +111,17 @@ def _json(obj: dict[str, Any]) -> bytes:
     return JSON + json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _error_kind(exc: BaseException) -> str:
+    """How an error crosses the socket (``kind``): the engine raises it again as :func:`_error` makes it."""
+    return "CodecError" if isinstance(exc, CodecError) else "AudioDeviceError"
+
+
+def _error(msg: dict[str, Any]) -> CodecError | AudioDeviceError:
+    """The exception a ``failed`` or error ``reply`` message stands for."""
+    error = str(msg.get("error"))
+    return CodecError(error) if msg.get("kind") == "CodecError" else AudioDeviceError(error)
+
+
 # -- engine side ---------------------------------------------------------------------------------------
 
 
@@ -232,8 +243,7 @@ class AudioProcess:
             )
         msg = json.loads(data[1:])
         if msg.get("op") == "failed":
-            error = str(msg.get("error"))
-            raise CodecError(error) if msg.get("kind") == "CodecError" else AudioDeviceError(error)
+            raise _error(msg)
         self.device_name = str(msg.get("device"))
         self.period_ms = float(msg.get("period_ms", self.settings.period_ms))
 
@@ -319,8 +329,7 @@ class AudioProcess:
         if msg is None:
             raise AudioProcessError(f"the audio process exited before answering {op!r}")
         if "error" in msg:
-            error = str(msg["error"])
-            raise CodecError(error) if msg.get("kind") == "CodecError" else AudioDeviceError(error)
+            raise _error(msg)
         result = msg.get("result")
         return result if isinstance(result, dict) else {}
 
@@ -538,8 +547,8 @@ class _Child:
             try:
                 result = self._answer(op, msg)
             except (AudioDeviceError, CodecError, OSError, ValueError) as exc:
-                kind = "CodecError" if isinstance(exc, CodecError) else "AudioDeviceError"
-                _send(self.sock, _json({"op": "reply", "id": msg["id"], "error": str(exc), "kind": kind}))
+                reply = {"op": "reply", "id": msg["id"], "error": str(exc), "kind": _error_kind(exc)}
+                _send(self.sock, _json(reply))
             else:
                 _send(self.sock, _json({"op": "reply", "id": msg["id"], "result": result}))
             return op == "stop"
@@ -573,8 +582,7 @@ def _refuse(sock: socket.socket, exc: BaseException) -> int:
     """Tell the engine why this process cannot run; the exit status."""
     from app.logs import stop_logging
 
-    kind = "CodecError" if isinstance(exc, CodecError) else "AudioDeviceError"
-    _send(sock, _json({"op": "failed", "kind": kind, "error": str(exc)}))
+    _send(sock, _json({"op": "failed", "kind": _error_kind(exc), "error": str(exc)}))
     stop_logging()
     return 1
 
