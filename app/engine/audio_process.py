@@ -261,7 +261,7 @@ class AudioProcess:
         self._stopping.set()
         try:
             self._final_stats = self._request("stop")
-        except AudioDeviceError as exc:
+        except (AudioDeviceError, CodecError) as exc:
             log.warning("audio: %s", exc)
         _reap(self.proc)
         with contextlib.suppress(OSError):
@@ -307,7 +307,7 @@ class AudioProcess:
         else:
             try:
                 out = self._request("stats", timeout_s=2.0)
-            except AudioDeviceError as exc:
+            except (AudioDeviceError, CodecError) as exc:
                 out = {"device": self.device_name, "error": str(exc)}
         out["process"] = {"pid": self.proc.pid, **self.counters}
         return out
@@ -384,7 +384,7 @@ class AudioProcess:
                 return False
             try:
                 sock, proc = self._spawn(start=True)
-            except AudioDeviceError as exc:  # CodecError is one too
+            except (AudioDeviceError, CodecError, ValueError) as exc:  # ValueError: a garbled answer
                 log.error("audio: the audio process could not start again: %s", exc)
                 continue
             if self._stopping.is_set():

@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from app.audio.codec import CodecError
 from app.audio.device import AudioDeviceError
 from app.bench.recorder import StampRecorder
 from app.engine.audio_process import JSON, MAX_MESSAGE, PACKET, AudioProcess, _json, main
@@ -187,3 +189,31 @@ def test_start_up_objects_are_frozen_and_collections_are_timed() -> None:
     finally:
         pauses.uninstall()
         gc.unfreeze()
+
+
+def test_a_restart_that_fails_on_its_codec_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(small_settings(tmp_path))
+    proc = engine.audio
+    assert isinstance(proc, AudioProcess)
+    real_spawn = proc._spawn
+    failures: list[int] = []
+
+    def spawn_failing_once(*, start: bool) -> Any:
+        if not failures:
+            failures.append(1)
+            raise CodecError("libopus refused the encoder")
+        return real_spawn(start=start)
+
+    stop, t, status = run_engine(engine)
+    try:
+        wait_for(lambda: audio(engine)["frames_decoded"] >= 50, what="audio flowing")
+        monkeypatch.setattr(proc, "_spawn", spawn_failing_once)
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        wait_for(lambda: failures == [1] and proc.proc.poll() is None, what="a second attempt that runs")
+        wait_for(lambda: audio(engine).get("frames_decoded", 0) >= 50, what="audio flowing again")
+    finally:
+        stop.set()
+        t.join(30)
+    assert status == [0] and proc.counters["restarts"] == 1
