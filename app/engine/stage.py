@@ -34,7 +34,7 @@ def freeze_startup_objects() -> int:
     process alone: 20–60 ms a pass measured on the 2-core machine, which every thread of the process — a
     sound card callback, the playout thread, the network thread — waits out. The objects made at start-up
     live as long as the process, so freezing them loses nothing; collections then walk only what was made
-    since (no full pass took longer than 0.4 ms in the audio benchmark afterwards).
+    since (in the audio benchmark afterwards: no full pass in any run, no collection over 0.5 ms).
     """
     gc.collect()
     gc.freeze()
