@@ -11,12 +11,13 @@ the machine stalled, not the doorway. It costs ~2 % of a core (1000 wakes a seco
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
+
+from app.audio.device import make_realtime
 
 STALL_MS = 2.0
 """A wake this much later than asked counts as a stall, ms."""
@@ -27,11 +28,7 @@ def probe(seconds: float) -> dict[str, Any]:
     if allowed)."""
     stop: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-        realtime = True
-    except (OSError, AttributeError):
-        realtime = False
+    realtime = make_realtime("host-stall witness")  # the audio threads' own priority
     end = time.monotonic_ns() + int(seconds * 1e9)
     wakes = 0
     stalls: list[tuple[int, float]] = []
@@ -45,7 +42,7 @@ def probe(seconds: float) -> dict[str, Any]:
 
 
 class HostStallProbe:
-    """:func:`probe` in a child process for ``seconds``; :meth:`result` waits for it."""
+    """:func:`probe` in a child process for at most ``seconds``; :meth:`result` stops it and reads it."""
 
     def __init__(self, seconds: float) -> None:
         self.proc = subprocess.Popen(
