@@ -67,3 +67,9 @@ def run_engine(engine: Any) -> tuple[threading.Event, threading.Thread, list[int
     t = threading.Thread(target=lambda: status.append(engine.wait(stop)), daemon=True)
     t.start()
     return stop, t, status
+
+
+def audio_stats(engine: Any) -> dict[str, Any]:
+    """The engine's audio statistics, as its control socket's ``stats`` gives them."""
+    stats: dict[str, Any] = engine.stats()["audio"]
+    return stats

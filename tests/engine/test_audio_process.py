@@ -26,11 +26,8 @@ from app.engine.audio_process import JSON, MAX_MESSAGE, PACKET, AudioProcess, _j
 from app.engine.engine import Engine
 from app.engine.stage import GcPauses, freeze_startup_objects
 from app.net.protocol import AudioCodecId, AudioPacket
+from tests.engine.conftest import audio_stats as audio
 from tests.engine.conftest import run_engine, small_settings, wait_for
-
-
-def audio(engine: Engine) -> dict:
-    return engine.stats()["audio"]
 
 
 def test_a_mirror_call_runs_through_the_audio_process(tmp_path: Path) -> None:

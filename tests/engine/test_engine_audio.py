@@ -20,12 +20,8 @@ from app.bench.recorder import StampRecorder
 from app.engine.audio import AudioEngine
 from app.engine.engine import Engine
 from app.net.protocol import AudioCodecId, AudioPacket
+from tests.engine.conftest import audio_stats as audio
 from tests.engine.conftest import run_engine, small_settings, wait_for
-
-
-def audio(engine: Engine) -> dict:
-    return engine.stats()["audio"]
-
 
 INLINE = {"own_process": False}
 """Audio on the engine's own threads, where a test reaches into its objects."""
