@@ -170,6 +170,34 @@ class AudioCodec(abc.ABC):
         then decoded as usual, continuing from the concealment.
         """
 
+    def conceal_ahead(self, samples: int) -> Block:
+        """What :meth:`conceal` would give now, without moving the decoder on: a concealment kept ready in
+        case nothing comes in time (the sound card's callback plays it then).
+
+        :meth:`adopt_ahead` moves the decoder to just after it, as if :meth:`conceal` had run — valid only
+        while nothing else was decoded or concealed since. Counted as concealed only when adopted.
+        """
+        self._fork_decoder()
+        try:
+            block = self.conceal(samples)
+        finally:
+            self.concealed -= 1
+            self._swap_decoder()
+        return block
+
+    def adopt_ahead(self) -> None:
+        """The concealment :meth:`conceal_ahead` made was played: continue from after it."""
+        self._swap_decoder()
+        self.concealed += 1
+
+    @abc.abstractmethod
+    def _fork_decoder(self) -> None:
+        """Copy the decoder's state into the spare one."""
+
+    @abc.abstractmethod
+    def _swap_decoder(self) -> None:
+        """Exchange the decoder's state with the spare one."""
+
     @abc.abstractmethod
     def decode_fec(self, next_data: bytes) -> Block | None:
         """The frame before ``next_data``, rebuilt from the redundancy carried in ``next_data``.
@@ -239,6 +267,8 @@ class LibOpus:
         lib.opus_decoder_create.argtypes = [c_int32, c_int, ctypes.POINTER(c_int)]
         lib.opus_decoder_create.restype = c_void_p
         lib.opus_decoder_destroy.argtypes = [c_void_p]
+        lib.opus_decoder_get_size.argtypes = [c_int]
+        lib.opus_decoder_get_size.restype = c_int
         lib.opus_decoder_destroy.restype = None
         lib.opus_decode_float.argtypes = [c_void_p, ctypes.c_char_p, c_int32, float_p, c_int, c_int]
         lib.opus_decode_float.restype = c_int
@@ -351,6 +381,15 @@ class OpusCodec(AudioCodec):
             self.close()
             raise CodecError(f"opus_decoder_create: {self._opus.strerror(error.value)}")
         self._dec = ctypes.c_void_p(dec)
+        # The spare decoder for conceal_ahead: libopus's decoder state is one flat block with no pointers
+        # into itself, so a byte copy is a working decoder (libopus's own API test copies it this way;
+        # tests/audio/test_codec.py checks the copy decodes bit for bit alike).
+        spare = self._lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(error))
+        if error.value != _OPUS_OK or not spare:
+            self.close()
+            raise CodecError(f"opus_decoder_create: {self._opus.strerror(error.value)}")
+        self._dec_spare: ctypes.c_void_p | None = ctypes.c_void_p(spare)
+        self._dec_size = int(self._lib.opus_decoder_get_size(CHANNELS))
         try:
             self._encoder_ctl(_OPUS_SET_BITRATE_REQUEST, bitrate_bps)
             self._encoder_ctl(_OPUS_SET_COMPLEXITY_REQUEST, complexity)
@@ -370,6 +409,7 @@ class OpusCodec(AudioCodec):
         self._pcm = np.zeros((FRAME_SAMPLES, CHANNELS), np.float32)
         self._pcm_ptr = self._pcm.ctypes.data_as(float_p)
         self._clip_mem = (ctypes.c_float * CHANNELS)()
+        self._clip_spare = (ctypes.c_float * CHANNELS)()
         self._toc = ctypes.c_ubyte(0)
         self._frames = (ctypes.c_void_p * 48)()
         self._sizes = (ctypes.c_int16 * 48)()
@@ -473,6 +513,16 @@ class OpusCodec(AudioCodec):
         self.fec_decoded += 1
         return block
 
+    def _fork_decoder(self) -> None:
+        if self._dec is None or self._dec_spare is None:
+            raise CodecError("opus: codec is closed")
+        ctypes.memmove(self._dec_spare, self._dec, self._dec_size)
+        ctypes.memmove(self._clip_spare, self._clip_mem, ctypes.sizeof(self._clip_mem))
+
+    def _swap_decoder(self) -> None:
+        self._dec, self._dec_spare = self._dec_spare, self._dec
+        self._clip_mem, self._clip_spare = self._clip_spare, self._clip_mem
+
     def set_bitrate(self, bps: int) -> None:
         _check_bitrate(bps)
         self._encoder_ctl(_OPUS_SET_BITRATE_REQUEST, bps)
@@ -486,12 +536,14 @@ class OpusCodec(AudioCodec):
     def close(self) -> None:
         # getattr: __del__ may run on an object whose __init__ failed early.
         enc, dec = getattr(self, "_enc", None), getattr(self, "_dec", None)
-        self._enc = self._dec = None
+        spare = getattr(self, "_dec_spare", None)
+        self._enc = self._dec = self._dec_spare = None
         super().close()
         if enc is not None:
             self._lib.opus_encoder_destroy(enc)
-        if dec is not None:
-            self._lib.opus_decoder_destroy(dec)
+        for d in (dec, spare):
+            if d is not None:
+                self._lib.opus_decoder_destroy(d)
 
     def __del__(self) -> None:
         self.close()
@@ -520,6 +572,7 @@ class PcmCodec(AudioCodec):
         self._next = np.zeros((FRAME_SAMPLES, CHANNELS), np.float32)
         self._have_last = False
         self._run = 0
+        self._run_spare = 0
         ramp = np.linspace(1.0, 0.5, FRAME_SAMPLES, endpoint=False, dtype=np.float32)
         self._ramp = ramp.reshape(FRAME_SAMPLES, 1)
         self._ramp_scratch = np.zeros((FRAME_SAMPLES, 1), np.float32)
@@ -576,6 +629,13 @@ class PcmCodec(AudioCodec):
 
     def decode_fec(self, next_data: bytes) -> Block | None:
         return None
+
+    def _fork_decoder(self) -> None:
+        # Concealment moves only the run count (the last frame stays): that is the whole state to fork.
+        self._run_spare = self._run
+
+    def _swap_decoder(self) -> None:
+        self._run, self._run_spare = self._run_spare, self._run
 
     def set_bitrate(self, bps: int) -> None:
         """Checks ``bps`` like Opus does, then ignores it: PCM's bitrate is fixed."""

@@ -129,6 +129,17 @@ class VariableResampler:
             self._compact()
         return np.asarray(out, dtype=np.float32)
 
+    def copy_from(self, other: VariableResampler) -> None:
+        """Become a copy of ``other`` (same channels and capacity): only the input it still needs is copied,
+        a few dozen samples, not the whole buffer."""
+        if (other.channels, other.capacity) != (self.channels, self.capacity):
+            raise ValueError("resamplers differ in channels or capacity")
+        keep = max(0, math.floor(other._pos) - HALF + 1)
+        n = other._n - keep
+        self._buf[:n] = other._buf[keep : other._n]
+        self._n = n
+        self._pos = other._pos - keep
+
     def reset(self) -> None:
         """Forget all input (a new stream)."""
         self._n = HALF - 1

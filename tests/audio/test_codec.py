@@ -147,3 +147,24 @@ def test_open_codec_by_name():
     assert isinstance(open_codec("opus", bitrate_bps=510_000), OpusCodec)
     with pytest.raises(ValueError, match="No audio codec"):
         open_codec("mp3")
+
+
+@pytest.mark.parametrize("name", ["opus", "pcm"])
+def test_concealment_made_ahead_leaves_the_decoder_alone_until_adopted(name: str) -> None:
+    # The playout thread keeps a concealment ready for the sound card's callback without moving its
+    # decoder; if the callback plays it, the decoder continues from after it, exactly as if concealed then.
+    speech = stereo(speech_like(1.0, seed=3))
+    packets = [open_codec(name).encode(f) for f in frames(speech)][:20]
+    codec, reference = open_codec(name), open_codec(name)
+    for p in packets[:8]:
+        codec.decode(p)
+        reference.decode(p)
+    ahead = codec.conceal_ahead(240)
+    assert np.array_equal(codec.decode(packets[8]), reference.decode(packets[8]))  # not moved
+    ahead = codec.conceal_ahead(240)
+    assert np.array_equal(ahead, reference.conceal(240))
+    assert codec.stats()["concealed"] == 0
+    codec.adopt_ahead()
+    assert codec.stats()["concealed"] == 1
+    for p in packets[9:12]:
+        assert np.array_equal(codec.decode(p), reference.decode(p))

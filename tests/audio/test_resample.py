@@ -85,3 +85,19 @@ def test_reset_forgets_input():
     r.reset()
     assert r.available(1.0) == 0
     assert len(r.pull(1.0)) == 0
+
+
+def test_a_copy_continues_like_the_original():
+    a, b = VariableResampler(), VariableResampler()
+    x = _sine(480 * 60)
+    for k in range(50):  # far enough that the original has compacted its buffer, off ratio 1
+        a.push(x[k * 480 : (k + 1) * 480])
+        a.pull(1.003)
+    b.copy_from(a)
+    assert b.buffered_samples == pytest.approx(a.buffered_samples)
+    for k in range(50, 60):
+        a.push(x[k * 480 : (k + 1) * 480])
+        b.push(x[k * 480 : (k + 1) * 480])
+        np.testing.assert_allclose(a.pull(0.998), b.pull(0.998), atol=1e-6)
+    with pytest.raises(ValueError):
+        VariableResampler(capacity=1000).copy_from(a)
