@@ -145,7 +145,8 @@ class AudioTap:
         """Audio-playout thread, after each wake: process what :meth:`on_played` stored."""
 
     def on_second(self, now_ns: int, counters: dict[str, int]) -> None:
-        """Audio-playout thread, about once a second: the engine's audio counters at ``now_ns``."""
+        """Audio-playout thread, about once a second: the engine's audio counters at ``now_ns``, the playout
+        controller's, and its target and smoothed wait (``target_us``, ``wait_us``, µs)."""
 
 
 class _Wake:
@@ -234,6 +235,7 @@ class AudioEngine:
             "gaps_over_20ms": 0,
             "starts": 0,
             "idles": 0,
+            "reserve_used": 0,
         }
         # -- device thread state (preallocated) --
         self._capture = FrameRing(_CAPTURE_SLOTS, 2, FRAME)  # microphone, speaker
@@ -243,7 +245,7 @@ class AudioEngine:
         self._fifo = SampleRing(_FIFO_SAMPLES)
         self._cb_ns = np.zeros(_CB_SLOTS, np.int64)  # monotonic time of each callback
         self._cb_level = np.zeros(_CB_SLOTS, np.int64)  # FIFO samples before it read
-        self._cb_read = np.zeros(_CB_SLOTS, np.int64)  # FIFO read index before it read
+        self._cb_read = np.zeros(_CB_SLOTS, np.int64)  # stream position before it read (FIFO + reserves)
         self._cb_playout = np.zeros(_CB_SLOTS, np.int64)  # DAC time of its first sample
         self._callbacks = 0
         self._phase = 0  # the callback schedule's phase (playout thread, _next_callback_ns) ...
@@ -293,6 +295,19 @@ class AudioEngine:
             max_ms=settings.jitter_max_ms,
         )
         self.recv_codec: AudioCodec | None = open_codec(settings.codec) if receiving else None
+        # The reserve: one period of concealment continuing the FIFO, made ahead by the playout thread,
+        # which the callback plays when the FIFO runs short (the playout thread late for its guard deadline,
+        # or a frame later than the guard): a stretch instead of silence. Guarded by _reserve_lock, which the
+        # device thread only ever tries (never waits for); the playout thread holds it for a few assignments.
+        self._reserve = np.zeros((2 * self.period, CHANNELS), np.float32)
+        self._reserve_len = 0  # samples armed for the callback; 0 = none
+        self._reserve_taken = 0  # of which the callback played (device thread)
+        self._reserve_played = 0  # samples callbacks played from reserves, all told: stream positions
+        self._reserve_lock = threading.Lock()
+        self._reserve_ready = 0  # samples made (playout thread)
+        self._reserve_made_at = -1  # … after this many pushes; -1 = none
+        self._pushes = 0
+        self._resampler_ahead = VariableResampler(channels=CHANNELS)
         self._peer_codec: int | None = None
         self._stretched = 0  # samples concealed for the frame at ``next`` while waiting for it
         self._conceal_run = 0  # samples concealed since the last decoded frame
@@ -439,11 +454,21 @@ class AudioEngine:
         fifo = self._fifo
         slot = self._callbacks % _CB_SLOTS
         level = fifo.written - fifo.read
-        self._cb_read[slot] = fifo.read
+        self._cb_read[slot] = fifo.read + self._reserve_played
         self._cb_level[slot] = level
         self._cb_playout[slot] = playout_ns
         self._cb_ns[slot] = time.monotonic_ns()
-        got = fifo.read_into(speaker)
+        lock = self._reserve_lock
+        if lock.acquire(blocking=False):
+            # Under the lock, the reserve is either disarmed or continues exactly where the FIFO ends.
+            try:
+                got = fifo.read_into(speaker)
+                if got < len(speaker) and self._playing:
+                    got += self._take_reserve(speaker, got)
+            finally:
+                lock.release()
+        else:
+            got = fifo.read_into(speaker)
         if got < len(speaker) and self._playing:
             self.counters["underruns"] += 1
             self.counters["underrun_samples"] += len(speaker) - got
@@ -461,6 +486,20 @@ class AudioEngine:
             np.clip(speaker, -1.0, 1.0, out=speaker)
         if self.tap is not None:
             self.tap.on_played(speaker, playout_ns)
+
+    def _take_reserve(self, speaker: Block, got: int) -> int:
+        """Fill the speaker block after ``got`` samples from the reserve (device thread, holding the
+        reserve lock); returns how many it took."""
+        start = self._reserve_taken
+        n = min(self._reserve_len - start, len(speaker) - got)
+        if n <= 0:
+            return 0
+        np.copyto(speaker[got : got + n], self._reserve[start : start + n])
+        self._reserve_taken = start + n
+        self._reserve_played += n
+        self.counters["reserve_used"] += 1
+        self._playout_wake.set()  # to continue from after it, and make the next one
+        return n
 
     def _gather(self, mic: Block, index: int, capture_ns: int) -> None:
         """Queue a 10 ms microphone block with its reference for the send thread (or count an overrun)."""
@@ -567,19 +606,29 @@ class AudioEngine:
             if not woken and self._playing and sleep_s < 0.02:
                 # Slept towards a guard deadline: how late the wake came (scheduling, the interpreter lock).
                 self.wake_late_ms.record(max(0.0, (now - deadline_ns) / 1e6))
+            self._disarm_reserve()
             self._follow_callbacks(now)
             self._play_ready(now)
             self._cover_next_callback()
+            self._arm_reserve()
             if self.tap is not None:
                 self.tap.poll()
             if now - self._last_sync_ns > 1_000_000_000:
                 self._last_sync_ns = now
                 self._update_lip_sync()
                 if self.tap is not None:
-                    self.tap.on_second(now, dict(self.counters))
+                    self.tap.on_second(
+                        now,
+                        {
+                            **self.counters,
+                            **self.playout.counters,
+                            "target_us": round(self.playout.target_ms * 1000),
+                            "wait_us": round((self.playout.wait_ms or 0.0) * 1000),
+                        },
+                    )
 
     def _last_callback(self) -> tuple[int, int, int, int] | None:
-        """(time, level, read index, playout ns) of the newest callback, or None before the first."""
+        """(time, level, stream read position, playout ns) of the newest callback; None before the first."""
         n = self._callbacks
         if n == 0:
             return None
@@ -671,9 +720,9 @@ class AudioEngine:
                 # It came after all, late: play it after the stretch, and let the target learn the lateness
                 # (told now, not when stretching: a twin that stopped sending is not jitter). A copy that
                 # came in the next packet is a loss repaired, not jitter: it raises nothing.
-                self._stretched = 0
                 if not frame.redundant:
-                    self.playout.on_late(now)
+                    self.playout.on_late(now, self._stretched * 1000 / SAMPLE_RATE)
+                self._stretched = 0
             try:
                 pcm = codec.decode(frame.payload)
             except CodecError:
@@ -764,16 +813,57 @@ class AudioEngine:
             self._go_idle()
             return
         pcm = codec.conceal(self.period)
+        self._stretch(len(pcm))
+        self._push(pcm, None)
+
+    def _stretch(self, samples: int) -> None:
+        """``samples`` of concealment went in while the frame at ``next`` is waited for."""
         self.counters["stretches"] += 1
-        self._concealed(len(pcm))
-        self._stretched += len(pcm)
+        self._concealed(samples)
+        self._stretched += samples
         if self._stretched >= FRAME:
             # A whole frame's worth waited for: give the frame up (a copy that comes later is dropped).
             with self._lock:
                 self.jitter.skip()
             self.counters["frames_lost"] += 1
             self._stretched = 0
-        self._push(pcm, None)
+
+    def _arm_reserve(self) -> None:
+        """Playout thread: hand the callback a period of concealment continuing the FIFO (made again only
+        when something was pushed since the last one)."""
+        codec = self.recv_codec
+        if not self._playing or codec is None:
+            return
+        if self._reserve_made_at != self._pushes:
+            try:
+                pcm = codec.conceal_ahead(self.period)
+            except CodecError:
+                return
+            self._resampler_ahead.copy_from(self.resampler)
+            self._resampler_ahead.push(pcm)
+            out = self._resampler_ahead.pull(self.playout.ratio, most=len(self._reserve))
+            self._reserve[: len(out)] = out
+            self._reserve_ready = len(out)
+            self._reserve_made_at = self._pushes
+        with self._reserve_lock:
+            self._reserve_len = self._reserve_ready
+            self._reserve_taken = 0
+
+    def _disarm_reserve(self) -> None:
+        """Playout thread, before it decodes, conceals or resets anything: take the reserve back. If a
+        callback played some of it, the stream went on through it: the decoder and resampler that made it
+        are the ones to continue with, the rest of it goes first into the FIFO, and it counts as a stretch."""
+        with self._reserve_lock:
+            made, taken = self._reserve_len, self._reserve_taken
+            self._reserve_len = self._reserve_taken = 0
+        if taken == 0 or self.recv_codec is None:
+            return
+        self.recv_codec.adopt_ahead()
+        self.resampler, self._resampler_ahead = self._resampler_ahead, self.resampler
+        self._fifo.write(self._reserve[taken:made])
+        self._pushes += 1
+        if self._playing:
+            self._stretch(self.period)
 
     def _decode_or_conceal(self, codec: AudioCodec, payload: bytes) -> Block:
         try:
@@ -799,11 +889,13 @@ class AudioEngine:
 
     def _push(self, pcm: Block, capture_us: int | None) -> None:
         """Resample ``pcm`` at the controller's ratio into the FIFO; note the frame's age when it plays."""
+        self._pushes += 1
         if capture_us is not None:
             last = self._last_callback()
             if last is not None:
-                # The frame's first sample sits after what the FIFO and the resampler already hold.
-                position = self._fifo.written + self.resampler.buffered_samples
+                # The frame's first sample sits after what the FIFO and the resampler already hold (in stream
+                # positions, which count what callbacks played from reserves).
+                position = self._fifo.written + self._reserve_played + self.resampler.buffered_samples
                 dac_ns = last[3] + (position - last[2]) * 1e9 / SAMPLE_RATE
                 age = (dac_ns - capture_us * 1000) / 1e6
                 self.latency_ms.record(age)
@@ -819,6 +911,7 @@ class AudioEngine:
 
     def _start_playing(self, now: int) -> None:
         self._playing = True
+        self._reserve_made_at = -1
         self._play_started_ns = now
         self._conceal_run = 0
         self._stretched = 0
@@ -845,6 +938,7 @@ class AudioEngine:
         self.counters["samples_concealed"] -= min(self._conceal_run, self.counters["samples_concealed"])
         self._conceal_run = 0
         self._stretched = 0
+        self._reserve_made_at = -1
         with self._lock:
             self.jitter.reset()
         self.resampler.reset()

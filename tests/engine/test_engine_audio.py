@@ -162,3 +162,59 @@ def test_the_sound_card_callback_allocates_no_arrays(tmp_path: Path) -> None:
     assert peak - start < 1000
     assert end - start < 200
     assert np.all(speaker == np.float32(0.1))
+
+
+def test_a_callback_the_fifo_cannot_cover_plays_the_reserve_and_the_stream_goes_on(tmp_path: Path) -> None:
+    # The playout thread keeps one period of concealment ready; a callback that finds the FIFO short (the
+    # playout thread late for its guard deadline) plays it instead of silence, allocating nothing, and the
+    # playout thread then continues from after it, as if it had stretched there itself.
+    from app.audio.codec import open_codec
+    from app.audio.measure import speech_like
+    from app.audio.resample import VariableResampler
+
+    engine = Engine(small_settings(tmp_path, audio=INLINE))
+    a = engine.audio
+    assert isinstance(a, AudioEngine) and a.recv_codec is not None
+    try:
+        speech = np.repeat(speech_like(0.2, seed=5)[:, None], 2, axis=1)
+        packets = [open_codec("opus").encode(speech[k * 480 : (k + 1) * 480]) for k in range(20)]
+        reference, ref_resampler = open_codec("opus"), VariableResampler()
+        a._playing = True
+        for p in packets[:6]:
+            a._push(a.recv_codec.decode(p), None)
+            ref_resampler.push(reference.decode(p))
+            ref_resampler.pull(1.0)
+        a._arm_reserve()
+        a._fifo.read = a._fifo.written - 10  # the FIFO holds only 10 samples when the callback comes
+        ref_resampler.push(reference.conceal(a.period))
+        concealed = ref_resampler.pull(1.0)
+        speaker = np.zeros((a.period, 2), np.float32)
+        mic = np.zeros((a.period, 2), np.float32)
+        tracemalloc.start()
+        try:
+            start, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            a.device._invoke(a.callback, mic, speaker, 1, 0, 0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak - start < 1000
+        assert a.counters["underruns"] == 0 and a.counters["reserve_used"] == 1
+        np.testing.assert_allclose(speaker[10:], concealed[: a.period - 10], atol=1e-6)
+        # The playout thread takes it back: the rest of the reserve goes first, then the next frame
+        # continues from the concealment, as the reference decoder does.
+        a._disarm_reserve()
+        assert a.counters["stretches"] == 1
+        rest = np.zeros((a._fifo.level, 2), np.float32)
+        a._fifo.read_into(rest)
+        np.testing.assert_allclose(rest, concealed[a.period - 10 :], atol=1e-6)
+        a._push(a.recv_codec.decode(packets[6]), None)
+        ref_resampler.push(reference.decode(packets[6]))
+        nxt = np.zeros((a._fifo.level, 2), np.float32)
+        a._fifo.read_into(nxt)
+        np.testing.assert_allclose(nxt, ref_resampler.pull(1.0)[: len(nxt)], atol=1e-6)
+        # Nothing armed, nothing taken: an empty FIFO is an underrun as before.
+        a.device._invoke(a.callback, mic, speaker, 2, 0, 0)
+        assert a.counters["underruns"] == 1 and a.counters["reserve_used"] == 1
+    finally:
+        engine.link.close()
