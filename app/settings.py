@@ -228,11 +228,12 @@ class AudioSettings(_Section):
     that lists the devices found."""
     output_device: str | None = None
     """portaudio: speaker, by (part of its) name; none = the system default."""
-    period_ms: float = 5.0
+    period_ms: float = 2.5
     """Sound card speaker period, ms: how often it takes audio (2.5, 5 or 10; the microphone always comes in
-    10 ms blocks, the frame echo cancellation and Opus need). A shorter period cuts the wait for the speaker
-    (half a period on average) at the cost of more wake-ups; measured on a loaded 2-core host, 2.5 ms gave
-    no lower mouth-to-ear than 5 ms and three times the underruns (README, "Audio"). Default 5."""
+    10 ms blocks, the frame echo cancellation and Opus need). A frame waits for the speaker's next callback,
+    and where the twin's frames fall just inside the concealment guard before one, a whole period more; a
+    shorter period makes both smaller. Measured on a loaded 2-core host, 5 ms put the clean mouth-to-ear
+    median over 20 ms in runs with an unlucky phase, 2.5 ms in none (README, "Audio"). Default 2.5."""
     device_latency_ms: float = Field(5.0, ge=0.0, le=200.0)
     """Output buffering asked of the sound card (portaudio) or simulated (synthetic), ms; reported apart
     from the pipeline's latency. Default 5."""

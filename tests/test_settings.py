@@ -135,9 +135,9 @@ def test_settings_are_frozen() -> None:
 
 def test_audio_period_is_one_of_three(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(write(tmp_path, "[audio]\nperiod_ms = 10\n")).audio.period_ms == 10.0
-    assert load_settings(write(tmp_path, "")).audio.period_ms == 5.0  # the default
-    monkeypatch.setenv("DOORWAY_AUDIO__PERIOD_MS", "2.5")
-    assert load_settings(write(tmp_path, "")).audio.period_ms == 2.5
+    assert load_settings(write(tmp_path, "")).audio.period_ms == 2.5  # the default
+    monkeypatch.setenv("DOORWAY_AUDIO__PERIOD_MS", "5")
+    assert load_settings(write(tmp_path, "")).audio.period_ms == 5.0
     monkeypatch.delenv("DOORWAY_AUDIO__PERIOD_MS")
     with pytest.raises(SettingsError, match=r"audio\.period_ms = 3.*must be 2\.5, 5 or 10"):
         load_settings(write(tmp_path, "[audio]\nperiod_ms = 3\n"))

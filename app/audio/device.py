@@ -15,9 +15,11 @@ work on 10 ms frames (:data:`FRAME`): a frame can be processed only once its las
 shorter capture period would gain nothing (the frame is complete at the same moment) and the microphone is
 delivered in whole frames (:data:`CAPTURE_BLOCK`), as the sound card's capture buffer. The speaker period
 is what sets how long a decoded frame waits for the card's next callback: on average half a period, at worst
-a whole one, and the phase between the two doorways' sound cards is arbitrary and fixed for a call. A 5 ms
-period (``audio.period_ms``'s default) halves that wait against 10 ms; 2.5 ms halves it again at twice the
-callbacks, which on a loaded 2-core host bought no lower latency and more underruns (README, "Audio").
+a whole one, and the phase between the two doorways' sound cards is arbitrary and fixed for a call (it
+slides only with the cards' drift). Where the twin's frames fall just inside the playout's concealment
+guard before a callback, each must wait a whole period more. A 2.5 ms period (``audio.period_ms``'s
+default) keeps both costs small: on a loaded 2-core host, 5 ms put the clean median over 20 ms in the runs
+that drew an unlucky phase (README, "Audio").
 
 The two directions run on one clock and one callback (the speaker blocks filled while a microphone block
 was captured are the echo canceller's reference for it), so the device gathers the microphone's periods

@@ -72,7 +72,7 @@ def add_bench_audio_arguments(p: argparse.ArgumentParser) -> None:
         help="microphone noise floor of both rooms (dBFS); ERLE cannot be measured above echo-to-noise",
     )
     p.add_argument(
-        "--period-ms", type=float, default=5.0, choices=[2.5, 5.0, 10.0], help="sound card speaker period"
+        "--period-ms", type=float, default=2.5, choices=[2.5, 5.0, 10.0], help="sound card speaker period"
     )
     p.add_argument(
         "--noise-suppression", action="store_true", help="turn WebRTC noise suppression on (adds 6 ms)"

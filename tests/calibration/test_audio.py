@@ -272,13 +272,13 @@ def transport() -> Iterator[Transport]:
 def test_the_engine_starts_aec3_from_the_calibrated_delay(tmp_path: Path, transport: Transport) -> None:
     report = run_step(settings_for(tmp_path, room_echo_delay_ms=70.0), "audio")
     audio = apply_to(AudioSettings(), applied(tmp_path, "audio"))
-    device = SyntheticDevice(RoomConfig(echo_delay_ms=70.0), period=240, realtime=False, latency_ms=5.0)
+    device = SyntheticDevice(RoomConfig(echo_delay_ms=70.0), period=120, realtime=False, latency_ms=5.0)
     engine = AudioEngine(audio, device, transport, sending=True, receiving=False, on_error=lambda n, e: None)
     try:
         assert engine.processing is not None
-        # 70 ms acoustic + 5 ms period + 5 ms output latency: the loopback the sweep measured.
-        assert report.details["loopback_delay_ms"] == pytest.approx(80.0, abs=0.05)
-        assert engine.processing.stream_delay_ms == 80
+        # 70 ms acoustic + 2.5 ms period (the default) + 5 ms output latency: the loopback the sweep measured.
+        assert report.details["loopback_delay_ms"] == pytest.approx(77.5, abs=0.05)
+        assert engine.processing.stream_delay_ms == round(77.5)
     finally:
         engine.stop()
 
