@@ -4,7 +4,8 @@ Threads, and what each may do:
 
 - The **device thread** (PortAudio's callback, or the synthetic room's clock) calls
   :meth:`AudioEngine.callback` once per speaker period (2.5, 5 or 10 ms). It fills the speaker block from
-  the playout FIFO, keeps the speaker blocks of the current 10 ms (the echo canceller's reference), puts
+  the playout FIFO — where that runs short, from the *reserve*, a period of concealment the playout thread
+  keeps ready (so a playout thread late for its guard deadline costs a stretch, not silence) — keeps the speaker blocks of the current 10 ms (the echo canceller's reference), puts
   each 10 ms microphone block with them into a preallocated ring, and notes its time and the FIFO level in
   preallocated arrays. It takes no lock, allocates no arrays and signals the other threads through
   eventfds (a write that cannot block).
@@ -18,10 +19,13 @@ Threads, and what each may do:
   ratio :class:`~app.audio.playout.PlayoutController` asks (the two sound cards' clock drift, and the level
   against the adaptive target) and appends it to the FIFO. When a callback is due within the guard time
   and the FIFO cannot cover it, it conceals: one period at a time while the next frame may still come
-  (a late frame then plays, a period later), a whole frame when a later frame shows it is lost.
+  (a late frame then plays, a period later), a whole frame when a later frame shows it is lost. After
+  everything it pushes it makes the reserve afresh: the concealment that would come next, from a copy of
+  the decoder and resampler; when a callback has played some of it, the playout thread continues from
+  those copies, with the rest of the reserve first in the FIFO, and counts a stretch.
 
 Why push rather than pull: a frame decoded on arrival waits only for the sound card, not also for a
-playout tick; what it waits on average is half a speaker period, which is why that period is short (5 ms
+playout tick; what it waits on average is half a speaker period, which is why that period is short (2.5 ms
 by default). The microphone comes in 10 ms blocks, the frame: a shorter capture period would not get a
 frame out sooner.
 
