@@ -4,11 +4,12 @@ Threads, and what each may do:
 
 - The **device thread** (PortAudio's callback, or the synthetic room's clock) calls
   :meth:`AudioEngine.callback` once per speaker period (2.5, 5 or 10 ms). It fills the speaker block from
-  the playout FIFO — where that runs short, from the *reserve*, a period of concealment the playout thread
-  keeps ready (so a playout thread late for its guard deadline costs a stretch, not silence) — keeps the speaker blocks of the current 10 ms (the echo canceller's reference), puts
-  each 10 ms microphone block with them into a preallocated ring, and notes its time and the FIFO level in
-  preallocated arrays. It takes no lock, allocates no arrays and signals the other threads through
-  eventfds (a write that cannot block).
+  the playout FIFO — where that runs short, from the *reserve*, a period of concealment the playout
+  thread keeps ready (so a playout thread late for its guard deadline costs a stretch, not silence) —
+  keeps the speaker blocks of the current 10 ms (the echo canceller's reference), puts each 10 ms
+  microphone block with them into a preallocated ring, and notes its time and the FIFO level in
+  preallocated arrays. It never waits for a lock (the reserve's it only tries: held, it is skipped),
+  allocates no arrays and signals the other threads through eventfds (a write that cannot block).
 - The **audio-send thread** takes (microphone, speaker) frames in order, runs WebRTC's AEC3 on them,
   encodes the result and sends one :class:`~app.net.protocol.AudioPacket` per 10 ms, repeating the previous
   frames while the twin reports loss. Audio is not paced: it goes out ahead of video, and congestion control
