@@ -21,18 +21,13 @@ Two loops use them:
 - **Outer loop: the target wait follows the measured jitter.** Over the last ~5 s of frames, the
   second-smallest slack must stay at least the guard plus a 0.5 ms margin (99.6 % of frames on time, the
   criterion of WebRTC NetEq's target level, here in periods): if it falls short the target rises by enough
-  whole periods. A concealment counts as a slack of zero: a second one in the window raises at once, but
-  a single late frame is ridden out (a host hiccup is rarer than the window; the period concealed for it
-  is let drain again, the target jumping up with it and slewing back so the drift estimate learns
-  nothing from the drain). If the slack exceeds the margin by more than a period the target falls by
-  one — but a fall that a raise follows within 30 s (a spike rarer than the window sees) holds the next
-  fall back 30 s, doubling with each repeat up to 5 min: each fall and rise costs a concealment. Between
-  those, the target is *trimmed* by however much every recent remainder exceeds 0.5 ms — the least wait
-  that gives the same slack, with room for the level's ripple — which costs nothing in lateness and takes
-  up to a period off the latency; and raised a little when the remainders, close together, slide below
-  that (clock drift), before they wrap and a whole period of slack goes with them. The target moves at
-  2 ms/s (fed forward into the ratio, so the wait follows without lag), at most one step per settling
-  time.
+  whole periods (a concealment counts as a slack of zero and raises it at once); if it exceeds that by more
+  than a period the target falls by one. Between those, the target is *trimmed* by however much every
+  recent remainder exceeds 0.5 ms — the least wait that gives the same slack, with room for the level's
+  ripple — which costs nothing in lateness and takes up to a period off the latency; and raised a little
+  when the remainders, close together, slide below that (clock drift), before they wrap and a whole
+  period of slack goes with them. The target moves at 2 ms/s (fed forward
+  into the ratio, so the wait follows without lag), at most one step per settling time.
 - **Inner loop: the ratio holds the wait at the target and learns the clock drift.** A PI controller on
   the smoothed (τ 0.5 s) wait minus the equally smoothed target: ``ratio = 1 + drift + Kp·error − slope``
   (input samples per output sample; above 1 drains). Kp = 0.1 %/ms gives a loop with a ~1 s time
@@ -66,12 +61,6 @@ MIN_SAMPLES = 100
 """Fewest frames since the last change before the target may fall or be trimmed."""
 SETTLE_S = 3.0
 """Least time between two target changes, s (a slewed step of one period, and the inner loop settling)."""
-LOWER_REGRET_S = 30.0
-"""A raise this soon after a lower means the lower was wrong: the window missed a rare jitter spike."""
-LOWER_HOLD_S = 30.0
-"""After a regretted lower, the least time before the next lower, s; doubled at each further regret."""
-MAX_LOWER_HOLD_S = 300.0
-"""Most time a lower is held back, s."""
 SLEW_MS_PER_S = 2.0
 """How fast the target moves to a new value, ms per s."""
 MARGIN_MS = 0.5
@@ -150,11 +139,6 @@ class PlayoutController:
         self._last_ns: int | None = None
         self._last_change_ns: int | None = None
         self._last_trim_ns: int | None = None
-        self._last_lower_ns: int | None = None
-        self._calm_since_ns: int | None = None
-        """Since when no raise (or the hold last shrank)."""
-        self._lower_hold_s = SETTLE_S
-        """Least time from the last change to a lower, s (grows after regretted lowers)."""
         self.counters = {"raises": 0, "lowers": 0, "trims": 0, "late": 0}
 
     @property
@@ -181,22 +165,18 @@ class PlayoutController:
         self._decide(now_ns)
         return self._inner(wait_ms, now_ns)
 
-    def on_late(self, now_ns: int, added_ms: float | None = None) -> None:
-        """A frame came after the engine had concealed for it: a slack of zero. ``added_ms`` is how much
-        was concealed ahead of it (the wait it added; default one period)."""
+    def on_late(self, now_ns: int) -> None:
+        """A callback could not be covered in time (the engine concealed): a slack of zero."""
         self.counters["late"] += 1
         self._slack.append(0.0)
         self._fresh += 1
-        self._decide(now_ns, urgent=True, added_ms=self.period_ms if added_ms is None else added_ms)
+        self._decide(now_ns, urgent=True)
 
-    def _decide(self, now_ns: int, *, urgent: bool = False, added_ms: float = 0.0) -> None:
+    def _decide(self, now_ns: int, *, urgent: bool = False) -> None:
         if len(self._slack) < 2:
             return
         settled = self._last_change_ns is None or now_ns - self._last_change_ns >= SETTLE_S * 1e9
-        # The second-smallest, also for a concealment: one frame late in a window is a spike to ride out (the
-        # inner loop drains the period it added within a second or two); a second one within the window
-        # raises at once.
-        low = sorted(self._slack)[1]
+        low = min(self._slack) if urgent else sorted(self._slack)[1]
         want = self.guard_ms + MARGIN_MS
         if low < want and (settled or urgent):
             periods = max(1, math.ceil((want - low) / self.period_ms))
@@ -205,26 +185,18 @@ class PlayoutController:
                 # The engine has just concealed a period into the FIFO: the wait is already there.
                 self._target = self.goal_ms + self.hold_ms
             return
-        if urgent:
-            # Ridden out: the period just concealed into the FIFO is wait above the target. Let the target
-            # jump with it and slew back (fed forward into the ratio), so the wait drains without an error
-            # the drift estimate would learn from.
-            self._target += added_ms
-            return
         if self._fresh < MIN_SAMPLES // 2:
             return
         low_r, span = _cluster(self._remainder, self.period_ms)
-        slewing = abs(self._target - (self.goal_ms + self.hold_ms)) > 0.05
-        if low_r < REMAINDER_MS - 0.35 and span < SPAN_FRACTION * self.period_ms and not slewing:
+        if low_r < REMAINDER_MS - 0.35 and span < SPAN_FRACTION * self.period_ms:
             # The remainders sit together and are sliding toward a wrap (clock drift moves them 0.2 ms/s at
             # 200 ppm): put them back before a whole period of slack is lost with them. No settling wait,
-            # since a wrap would come within seconds. Not while the target slews (after a late frame, or
-            # for lip sync): that slide is meant.
+            # since a wrap would come within seconds.
             self._trim(REMAINDER_MS - low_r)
             return
         if not settled or self._fresh < MIN_SAMPLES:
             return
-        if low >= want + self.period_ms + 0.25 and self._may_lower(now_ns):
+        if low >= want + self.period_ms + 0.25:
             self._move(self.goal_ms - self.period_ms, now_ns, "lowers")
             return
         # Taking δ off the wait keeps every frame's slack as long as δ stays below every remainder (the
@@ -234,19 +206,6 @@ class PlayoutController:
         if spare > 0.25 and (self._last_trim_ns is None or now_ns - self._last_trim_ns >= SETTLE_S * 1e9):
             self._last_trim_ns = now_ns
             self._trim(-spare)
-
-    def _may_lower(self, now_ns: int) -> bool:
-        """Whether a lower is allowed now: held back after lowers that late frames followed."""
-        calm = self._calm_since_ns
-        if (
-            calm is not None
-            and self._lower_hold_s > SETTLE_S
-            and now_ns - calm >= 4 * self._lower_hold_s * 1e9
-        ):
-            # A long spell without a raise: the spikes that made the hold grow are gone, or rarer.
-            self._lower_hold_s = max(SETTLE_S, self._lower_hold_s / 2)
-            self._calm_since_ns = now_ns
-        return self._last_change_ns is None or now_ns - self._last_change_ns >= self._lower_hold_s * 1e9
 
     def _trim(self, delta_ms: float) -> None:
         """Move the goal by ``delta_ms`` without changing any slack: the history stays valid, shifted."""
@@ -264,12 +223,6 @@ class PlayoutController:
         goal = min(max(goal, self.floor_ms + self.min_ms), self.floor_ms + self.max_ms)
         if abs(goal - self.goal_ms) < 1e-9:
             return
-        if counter == "raises":
-            if self._last_lower_ns is not None and now_ns - self._last_lower_ns < LOWER_REGRET_S * 1e9:
-                self._lower_hold_s = min(max(2 * self._lower_hold_s, LOWER_HOLD_S), MAX_LOWER_HOLD_S)
-            self._calm_since_ns = now_ns
-        else:
-            self._last_lower_ns = now_ns
         self.goal_ms = goal
         self.counters[counter] += 1
         self._last_change_ns = now_ns
@@ -323,7 +276,6 @@ class PlayoutController:
             "wait_ms": None if self.wait_ms is None else round(self.wait_ms, 2),
             "ratio": round(self.ratio, 6),
             "drift_ppm": round(self.drift_ppm, 1),
-            "lower_hold_s": round(self._lower_hold_s, 1),
             **self.counters,
         }
 

@@ -726,7 +726,7 @@ class AudioEngine:
                 # (told now, not when stretching: a twin that stopped sending is not jitter). A copy that
                 # came in the next packet is a loss repaired, not jitter: it raises nothing.
                 if not frame.redundant:
-                    self.playout.on_late(now, self._stretched * 1000 / SAMPLE_RATE)
+                    self.playout.on_late(now)
                 self._stretched = 0
             try:
                 pcm = codec.decode(frame.payload)

@@ -29,8 +29,6 @@ class Sim:
     seconds: float = 60.0
     seed: int = 1
     jitter_after: tuple[float, float] | None = None  # (from s, new jitter)
-    spikes_per_min: float = 0.0  # rare single frames delayed by spike_ms more (a host hiccup)
-    spike_ms: float = 0.0
     phase: float = 2.3  # ms from a frame's minimum-delay arrival to the next callback
     levels: list[tuple[float, float, float]] = field(default_factory=list)  # (t, smoothed wait, target)
     allowance: list[tuple[float, float]] = field(default_factory=list)
@@ -56,8 +54,6 @@ class Sim:
             if self.jitter_after is not None and t_gen >= self.jitter_after[0] * 1000:
                 jitter = self.jitter_after[1]
             t = t_gen + self.period - self.phase + rng.uniform(0, jitter)
-            if self.spikes_per_min and rng.random() < self.spikes_per_min / 6000:
-                t += self.spike_ms
             t = max(t, last)
             last = t
             if t > end:
@@ -183,41 +179,8 @@ def test_jitter_near_a_short_period_does_not_ratchet_the_target_up():
     # taken back by lowering (a sawtooth 6–13 ms, mean wait 8.3 ms). Spread so wide, they are left alone.
     sim = Sim(period=2.5, jitter_ms=2.0, seconds=60, phase=1.3)
     c = sim.run()
-    # Settled: the first ~20 s move a period up and back (trims wait while the target slews).
-    settled = [(lv, tg) for t, lv, tg in sim.levels if t > 25]
+    settled = [(lv, tg) for t, lv, tg in sim.levels if t > 10]
     assert max(tg for _, tg in settled) - min(tg for _, tg in settled) <= 2.5 + 1e-6
     assert sum(lv for lv, _ in settled) / len(settled) < 6.5
     assert c.counters["trims"] <= 5
     assert sim.underruns == 0
-
-
-def test_a_rare_late_frame_is_ridden_out():
-    # A frame 3 ms late about twice a minute (0.03 % of frames, a host hiccup): each is concealed and the
-    # period that adds drains again; the target stays where the jitter-free phase puts it, and the drift
-    # estimate is not pulled off by the drain.
-    quiet = Sim(period=2.5, jitter_ms=0.3, seconds=300, phase=1.8)
-    quiet.run()
-    sim = Sim(period=2.5, jitter_ms=0.3, seconds=300, phase=1.8, spikes_per_min=2, spike_ms=3.0)
-    c = sim.run()
-    assert c.counters["late"] >= 5
-    assert c.counters["raises"] <= 3
-    mean = [
-        sum(lv for t, lv, _ in s.levels if t > 10) / sum(1 for t, _, _ in s.levels if t > 10)
-        for s in (quiet, sim)
-    ]
-    assert mean[1] - mean[0] < 0.5
-    assert abs(c.drift_ppm) < 5
-    assert sim.underruns == 0
-
-
-def test_frequent_spikes_raise_the_target_and_it_stops_falling_back():
-    # Spikes six times a minute: each fall of the target meets one within seconds and is raised again.
-    # After such a regret the next fall waits 30 s, then 60, ...: a few raises in 5 minutes, not one
-    # every ~10 s, and the target stays up.
-    sim = Sim(period=2.5, jitter_ms=0.3, seconds=300, phase=1.8, spikes_per_min=6, spike_ms=3.0)
-    c = sim.run()
-    assert c.counters["raises"] <= 5
-    assert c.counters["lowers"] <= 4
-    assert sim.underruns == 0
-    assert c.stats()["lower_hold_s"] >= 60.0
-    assert sim.concealed_ms / sim.played_ms < 0.001
