@@ -611,7 +611,7 @@ class AudioEngine:
             if not woken and self._playing and sleep_s < 0.02:
                 # Slept towards a guard deadline: how late the wake came (scheduling, the interpreter lock).
                 self.wake_late_ms.record(max(0.0, (now - deadline_ns) / 1e6))
-            self._disarm_reserve()
+            self._after_reserve()
             self._follow_callbacks(now)
             self._play_ready(now)
             self._cover_next_callback()
@@ -745,7 +745,7 @@ class AudioEngine:
                 if not frame.redundant and now - frame.arrival_ns < 2 * self._period_ns:
                     self._report_wait(now)
                 self._decoded(len(pcm))
-            self._push(pcm, frame.capture_us)
+            self._push(pcm, frame.capture_us, redo=self._redecode(codec, frame.payload))
 
     def jitter_has_next(self) -> bool:
         """A frame is waiting right behind the next one (playout thread)."""
@@ -797,7 +797,8 @@ class AudioEngine:
                 self.jitter.skip()
         if kind == "frame" and frame is not None:
             # Arrived between our look and now: play it.
-            self._push(self._decode_or_conceal(codec, frame.payload), frame.capture_us)
+            pcm = self._decode_or_conceal(codec, frame.payload)
+            self._push(pcm, frame.capture_us, redo=self._redecode(codec, frame.payload))
             return
         if kind == "missing":
             # A later frame is here: this one is lost. Rebuild it from in-band FEC, or conceal what is left.
@@ -808,10 +809,11 @@ class AudioEngine:
                 self._decoded(len(rebuilt))
                 pcm = rebuilt[self._stretched :] if self._stretched < FRAME else rebuilt[:0]
             else:
-                pcm = codec.conceal(max(120, FRAME - self._stretched))
+                n = max(120, FRAME - self._stretched)
+                pcm = codec.conceal(n)
                 self._concealed(len(pcm))
             self._stretched = 0
-            self._push(pcm, None)
+            self._push(pcm, None, redo=(lambda: codec.conceal(n)) if rebuilt is None else None)
             return
         # Nothing has arrived: stretch by one period and keep waiting for the frame.
         if self._conceal_run >= IDLE_AFTER_MS * SAMPLE_RATE / 1000:
@@ -819,7 +821,7 @@ class AudioEngine:
             return
         pcm = codec.conceal(self.period)
         self._stretch(len(pcm))
-        self._push(pcm, None)
+        self._push(pcm, None, redo=lambda: codec.conceal(self.period))
 
     def _stretch(self, samples: int) -> None:
         """``samples`` of concealment went in while the frame at ``next`` is waited for."""
@@ -847,28 +849,63 @@ class AudioEngine:
             self._resampler_ahead.copy_from(self.resampler)
             self._resampler_ahead.push(pcm)
             out = self._resampler_ahead.pull(self.playout.ratio, most=len(self._reserve))
-            self._reserve[: len(out)] = out
+            with self._reserve_lock:
+                if self._reserve_len or self._reserve_taken:
+                    return  # armed or played from: not to be overwritten (pushes disarm it first)
+                self._reserve[: len(out)] = out
             self._reserve_ready = len(out)
             self._reserve_made_at = self._pushes
         with self._reserve_lock:
-            self._reserve_len = self._reserve_ready
-            self._reserve_taken = 0
+            if self._reserve_taken == 0:  # played from: _after_reserve takes it back on the next wake
+                self._reserve_len = self._reserve_ready
 
-    def _disarm_reserve(self) -> None:
-        """Playout thread, before it decodes, conceals or resets anything: take the reserve back. If a
-        callback played some of it, the stream went on through it: the decoder and resampler that made it
-        are the ones to continue with, the rest of it goes first into the FIFO, and it counts as a stretch."""
+    def _take_back_reserve(self) -> tuple[int, int]:
+        """Playout thread: disarm the reserve; returns (samples it held, samples a callback played)."""
         with self._reserve_lock:
             made, taken = self._reserve_len, self._reserve_taken
             self._reserve_len = self._reserve_taken = 0
-        if taken == 0 or self.recv_codec is None:
-            return
+        return made, taken
+
+    def _continue_after_reserve(self, made: int, taken: int) -> None:
+        """A callback played ``taken`` samples of the reserve: the stream went on through it, so continue
+        from the decoder and resampler that made it, with the rest of it first into the FIFO. A stretch."""
+        assert self.recv_codec is not None
         self.recv_codec.adopt_ahead()
         self.resampler, self._resampler_ahead = self._resampler_ahead, self.resampler
         self._fifo.write(self._reserve[taken:made])
         self._pushes += 1
+        self.counters["stretches"] += 1
+        self._concealed(self.period)
+
+    def _after_reserve(self) -> None:
+        """Playout thread, on every wake: if a callback played from the reserve, continue after it; the
+        frame at ``next`` is then waited for as after a stretch."""
+        if self._reserve_taken == 0:  # a snapshot: one taken later is found by the next push or wake
+            return
+        made, taken = self._take_back_reserve()
+        if taken == 0:
+            return
+        self._continue_after_reserve(made, taken)
         if self._playing:
-            self._stretch(self.period)
+            self._stretched += self.period
+            if self._stretched >= FRAME:
+                # A whole frame's worth waited for: give the frame up (a copy that comes later is dropped).
+                with self._lock:
+                    self.jitter.skip()
+                self.counters["frames_lost"] += 1
+                self._stretched = 0
+        self._arm_reserve()
+
+    def _redecode(self, codec: AudioCodec, payload: bytes) -> Callable[[], Block]:
+        """The frame decoded again, for when a callback played the reserve while it was decoded."""
+
+        def again() -> Block:
+            try:
+                return codec.decode(payload)
+            except CodecError:
+                return codec.conceal()
+
+        return again
 
     def _decode_or_conceal(self, codec: AudioCodec, payload: bytes) -> Block:
         try:
@@ -892,27 +929,47 @@ class AudioEngine:
         self.counters["samples_concealed"] += samples
         self._conceal_run += samples
 
-    def _push(self, pcm: Block, capture_us: int | None) -> None:
-        """Resample ``pcm`` at the controller's ratio into the FIFO; note the frame's age when it plays."""
+    def _push(self, pcm: Block, capture_us: int | None, redo: Callable[[], Block] | None = None) -> None:
+        """Resample ``pcm`` at the controller's ratio into the FIFO; note the frame's age when it plays; make
+        the next reserve.
+
+        The reserve stays armed while ``pcm`` is decoded and resampled (the slow part) and is taken back
+        only for the write. If a callback played from it meanwhile, the stream continues after it, and
+        ``pcm`` is made again by ``redo`` from the decoder that made the reserve (as it is, without one).
+        """
+        position = self._stream_position()
+        out = self._resample(pcm)
+        made, taken = self._take_back_reserve()
+        if taken:
+            self._continue_after_reserve(made, taken)
+            if capture_us is not None:
+                self.playout.on_late(time.monotonic_ns())  # it came too late for the callback
+            position = self._stream_position()
+            out = self._resample(redo() if redo is not None else pcm)
         self._pushes += 1
         if capture_us is not None:
             last = self._last_callback()
             if last is not None:
-                # The frame's first sample sits after what the FIFO and the resampler already hold (in stream
-                # positions, which count what callbacks played from reserves).
-                position = self._fifo.written + self._reserve_played + self.resampler.buffered_samples
                 dac_ns = last[3] + (position - last[2]) * 1e9 / SAMPLE_RATE
                 age = (dac_ns - capture_us * 1000) / 1e6
                 self.latency_ms.record(age)
                 self._audio_age_ms = (
                     age if self._audio_age_ms is None else 0.9 * self._audio_age_ms + 0.1 * age
                 )
-        self.resampler.push(pcm)
-        out = self.resampler.pull(self.playout.ratio)
         written = self._fifo.write(out)
         if written < len(out):
             # Cannot happen while the controller works (the FIFO holds a second); drop rather than block.
             log.warning("audio: playout FIFO full, %d samples dropped", len(out) - written)
+        self._arm_reserve()
+
+    def _stream_position(self) -> float:
+        """Where the next sample pushed will play, in stream samples: after what the FIFO and the resampler
+        hold, counting what callbacks played from reserves."""
+        return self._fifo.written + self._reserve_played + self.resampler.buffered_samples
+
+    def _resample(self, pcm: Block) -> Block:
+        self.resampler.push(pcm)
+        return self.resampler.pull(self.playout.ratio)
 
     def _start_playing(self, now: int) -> None:
         self._playing = True
@@ -944,6 +1001,7 @@ class AudioEngine:
         self._conceal_run = 0
         self._stretched = 0
         self._reserve_made_at = -1
+        self._take_back_reserve()  # not played any more (the callback plays only while playing)
         with self._lock:
             self.jitter.reset()
         self.resampler.reset()

@@ -164,7 +164,10 @@ def test_the_sound_card_callback_allocates_no_arrays(tmp_path: Path) -> None:
     assert np.all(speaker == np.float32(0.1))
 
 
-def test_a_callback_the_fifo_cannot_cover_plays_the_reserve_and_the_stream_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("taken_back_by", ["wake", "push"])
+def test_a_callback_the_fifo_cannot_cover_plays_the_reserve_and_the_stream_goes_on(
+    tmp_path: Path, taken_back_by: str
+) -> None:
     # The playout thread keeps one period of concealment ready; a callback that finds the FIFO short (the
     # playout thread late for its guard deadline) plays it instead of silence, allocating nothing, and the
     # playout thread then continues from after it, as if it had stretched there itself.
@@ -203,17 +206,22 @@ def test_a_callback_the_fifo_cannot_cover_plays_the_reserve_and_the_stream_goes_
         np.testing.assert_allclose(speaker[10:], concealed[: a.period - 10], atol=1e-6)
         # The playout thread takes it back: the rest of the reserve goes first, then the next frame
         # continues from the concealment, as the reference decoder does.
-        a._disarm_reserve()
+        codec = a.recv_codec
+        if taken_back_by == "wake":  # the playout thread woke for it
+            a._after_reserve()
+            a._push(codec.decode(packets[6]), None, redo=a._redecode(codec, packets[6]))
+        else:  # the callback played it while the playout thread decoded the next frame: decoded again
+            a._push(codec.decode(packets[6]), None, redo=a._redecode(codec, packets[6]))
         assert a.counters["stretches"] == 1
-        rest = np.zeros((a._fifo.level, 2), np.float32)
+        rest = np.zeros((len(concealed) - (a.period - 10), 2), np.float32)
         a._fifo.read_into(rest)
         np.testing.assert_allclose(rest, concealed[a.period - 10 :], atol=1e-6)
-        a._push(a.recv_codec.decode(packets[6]), None)
         ref_resampler.push(reference.decode(packets[6]))
         nxt = np.zeros((a._fifo.level, 2), np.float32)
         a._fifo.read_into(nxt)
         np.testing.assert_allclose(nxt, ref_resampler.pull(1.0)[: len(nxt)], atol=1e-6)
-        # Nothing armed, nothing taken: an empty FIFO is an underrun as before.
+        # Nothing armed: an empty FIFO is an underrun as before.
+        a._take_back_reserve()
         a.device._invoke(a.callback, mic, speaker, 2, 0, 0)
         assert a.counters["underruns"] == 1 and a.counters["reserve_used"] == 1
     finally:
