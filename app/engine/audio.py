@@ -868,14 +868,12 @@ class AudioEngine:
 
     def _continue_after_reserve(self, made: int, taken: int) -> None:
         """A callback played ``taken`` samples of the reserve: the stream went on through it, so continue
-        from the decoder and resampler that made it, with the rest of it first into the FIFO. A stretch."""
+        from the decoder and resampler that made it, with the rest of it first into the FIFO."""
         assert self.recv_codec is not None
         self.recv_codec.adopt_ahead()
         self.resampler, self._resampler_ahead = self._resampler_ahead, self.resampler
         self._fifo.write(self._reserve[taken:made])
         self._pushes += 1
-        self.counters["stretches"] += 1
-        self._concealed(self.period)
 
     def _after_reserve(self) -> None:
         """Playout thread, on every wake: if a callback played from the reserve, continue after it; the
@@ -887,13 +885,7 @@ class AudioEngine:
             return
         self._continue_after_reserve(made, taken)
         if self._playing:
-            self._stretched += self.period
-            if self._stretched >= FRAME:
-                # A whole frame's worth waited for: give the frame up (a copy that comes later is dropped).
-                with self._lock:
-                    self.jitter.skip()
-                self.counters["frames_lost"] += 1
-                self._stretched = 0
+            self._stretch(self.period)
         self._arm_reserve()
 
     def _redecode(self, codec: AudioCodec, payload: bytes) -> Callable[[], Block]:
@@ -942,6 +934,9 @@ class AudioEngine:
         made, taken = self._take_back_reserve()
         if taken:
             self._continue_after_reserve(made, taken)
+            # A stretch before this frame (or concealment), which came too late for that callback.
+            self.counters["stretches"] += 1
+            self._concealed(self.period)
             if capture_us is not None:
                 self.playout.on_late(time.monotonic_ns())  # it came too late for the callback
             position = self._stream_position()
