@@ -5,9 +5,9 @@ needs it waits for whichever thread holds it, and on a busy machine that may be 
 thread the kernel has just preempted for x264's workers: the audio thread then waits a whole scheduler
 slice. Measured on the 2-core dev machine, a SCHED_FIFO thread sleeping 1 ms overslept p99 0.04 ms, max
 0.16 ms beside three CPU-bound processes; beside them *and* one normal-priority Python thread of its own
-process, p99 4.4 ms, max 8.2 ms (``sys.setswitchinterval`` at 0.5 ms). That is more than a
-speaker period (5 ms then, 2.5 now) can absorb: each such stall of the playout thread was an underrun. In a process of
-its own every thread that takes the audio interpreter's lock is one of its real-time threads (the logging
+process, p99 4.4 ms, max 8.2 ms (``sys.setswitchinterval`` at 0.5 ms). That is more than a speaker
+period (5 ms then, 2.5 now) can absorb: each such stall of the playout thread was an underrun. In a process
+of its own every thread that takes the audio interpreter's lock is one of its real-time threads (the logging
 writer aside, which runs only when there is something to log), so the holder is always running.
 
 **Processes and threads.**
