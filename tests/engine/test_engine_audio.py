@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.audio.codec import open_codec
 from app.audio.device import period_samples
+from app.audio.measure import speech_like
+from app.audio.resample import VariableResampler
 from app.bench.audio_tap import BenchAudioTap
 from app.bench.recorder import StampRecorder
 from app.engine.audio import AudioEngine
@@ -171,10 +174,6 @@ def test_a_callback_the_fifo_cannot_cover_plays_the_reserve_and_the_stream_goes_
     # The playout thread keeps one period of concealment ready; a callback that finds the FIFO short (the
     # playout thread late for its guard deadline) plays it instead of silence, allocating nothing, and the
     # playout thread then continues from after it, as if it had stretched there itself.
-    from app.audio.codec import open_codec
-    from app.audio.measure import speech_like
-    from app.audio.resample import VariableResampler
-
     engine = Engine(small_settings(tmp_path, audio=INLINE))
     a = engine.audio
     assert isinstance(a, AudioEngine) and a.recv_codec is not None
