@@ -381,9 +381,10 @@ class OpusCodec(AudioCodec):
             self.close()
             raise CodecError(f"opus_decoder_create: {self._opus.strerror(error.value)}")
         self._dec = ctypes.c_void_p(dec)
-        # The spare decoder for conceal_ahead: libopus's decoder state is one flat block with no pointers
-        # into itself, so a byte copy is a working decoder (libopus's own API test copies it this way;
-        # tests/audio/test_codec.py checks the copy decodes bit for bit alike).
+        # The spare decoder for conceal_ahead: libopus's decoder state is one block of
+        # opus_decoder_get_size() bytes holding offsets, not pointers into itself (its API test copies and
+        # compares it with memcpy/memcmp), so a byte copy is a working decoder — checked here: a copy
+        # decodes bit for bit alike (tests/audio/test_codec.py).
         spare = self._lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(error))
         if error.value != _OPUS_OK or not spare:
             self.close()
