@@ -309,9 +309,6 @@ class AudioEngine:
         self._reserve_taken = 0  # of which the callback played (device thread)
         self._reserve_played = 0  # samples callbacks played from reserves, all told: stream positions
         self._reserve_lock = threading.Lock()
-        self._reserve_ready = 0  # samples made (playout thread)
-        self._reserve_made_at = -1  # … after this many pushes; -1 = none
-        self._pushes = 0
         self._resampler_ahead = VariableResampler(channels=CHANNELS)
         self._peer_codec: int | None = None
         self._stretched = 0  # samples concealed for the frame at ``next`` while waiting for it
@@ -615,7 +612,6 @@ class AudioEngine:
             self._follow_callbacks(now)
             self._play_ready(now)
             self._cover_next_callback()
-            self._arm_reserve()
             if self.tap is not None:
                 self.tap.poll()
             if now - self._last_sync_ns > 1_000_000_000:
@@ -823,10 +819,13 @@ class AudioEngine:
         self._stretch(len(pcm))
         self._push(pcm, None, redo=lambda: codec.conceal(self.period))
 
-    def _stretch(self, samples: int) -> None:
-        """``samples`` of concealment went in while the frame at ``next`` is waited for."""
+    def _stretch(self, samples: int, *, waiting: bool = True) -> None:
+        """``samples`` of concealment went in while the frame at ``next`` is waited for (``waiting``), or
+        before a frame already here that came too late for it."""
         self.counters["stretches"] += 1
         self._concealed(samples)
+        if not waiting:
+            return
         self._stretched += samples
         if self._stretched >= FRAME:
             # A whole frame's worth waited for: give the frame up (a copy that comes later is dropped).
@@ -836,28 +835,23 @@ class AudioEngine:
             self._stretched = 0
 
     def _arm_reserve(self) -> None:
-        """Playout thread: hand the callback a period of concealment continuing the FIFO (made again only
-        when something was pushed since the last one)."""
+        """Playout thread, after each write into the FIFO: hand the callback a period of concealment
+        continuing it."""
         codec = self.recv_codec
-        if not self._playing or codec is None:
+        if not self._playing or codec is None or self._reserve_len or self._reserve_taken:
+            # Not playing, or one armed already — or played from, which _after_reserve takes back on the next
+            # wake. (The callback changes neither while none is armed.)
             return
-        if self._reserve_made_at != self._pushes:
-            try:
-                pcm = codec.conceal_ahead(self.period)
-            except CodecError:
-                return
-            self._resampler_ahead.copy_from(self.resampler)
-            self._resampler_ahead.push(pcm)
-            out = self._resampler_ahead.pull(self.playout.ratio, most=len(self._reserve))
-            with self._reserve_lock:
-                if self._reserve_len or self._reserve_taken:
-                    return  # armed or played from: not to be overwritten (pushes disarm it first)
-                self._reserve[: len(out)] = out
-            self._reserve_ready = len(out)
-            self._reserve_made_at = self._pushes
+        try:
+            pcm = codec.conceal_ahead(self.period)
+        except CodecError:
+            return
+        self._resampler_ahead.copy_from(self.resampler)
+        self._resampler_ahead.push(pcm)
+        out = self._resampler_ahead.pull(self.playout.ratio, most=len(self._reserve))
         with self._reserve_lock:
-            if self._reserve_taken == 0:  # played from: _after_reserve takes it back on the next wake
-                self._reserve_len = self._reserve_ready
+            self._reserve[: len(out)] = out
+            self._reserve_len = len(out)
 
     def _take_back_reserve(self) -> tuple[int, int]:
         """Playout thread: disarm the reserve; returns (samples it held, samples a callback played)."""
@@ -873,7 +867,6 @@ class AudioEngine:
         self.recv_codec.adopt_ahead()
         self.resampler, self._resampler_ahead = self._resampler_ahead, self.resampler
         self._fifo.write(self._reserve[taken:made])
-        self._pushes += 1
 
     def _after_reserve(self) -> None:
         """Playout thread, on every wake: if a callback played from the reserve, continue after it; the
@@ -934,14 +927,11 @@ class AudioEngine:
         made, taken = self._take_back_reserve()
         if taken:
             self._continue_after_reserve(made, taken)
-            # A stretch before this frame (or concealment), which came too late for that callback.
-            self.counters["stretches"] += 1
-            self._concealed(self.period)
+            self._stretch(self.period, waiting=False)
             if capture_us is not None:
                 self.playout.on_late(time.monotonic_ns())  # it came too late for the callback
             position = self._stream_position()
             out = self._resample(redo() if redo is not None else pcm)
-        self._pushes += 1
         if capture_us is not None:
             last = self._last_callback()
             if last is not None:
@@ -968,7 +958,6 @@ class AudioEngine:
 
     def _start_playing(self, now: int) -> None:
         self._playing = True
-        self._reserve_made_at = -1
         self._play_started_ns = now
         self._conceal_run = 0
         self._stretched = 0
@@ -995,7 +984,6 @@ class AudioEngine:
         self.counters["samples_concealed"] -= min(self._conceal_run, self.counters["samples_concealed"])
         self._conceal_run = 0
         self._stretched = 0
-        self._reserve_made_at = -1
         self._take_back_reserve()  # not played any more (the callback plays only while playing)
         with self._lock:
             self.jitter.reset()
